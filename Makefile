@@ -1,0 +1,34 @@
+# One entry point for everything: `make train`, `make test`.
+# Each target creates .venv and installs the package (editable, with dev extras) when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-fast tensorboard bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)  ## the default job: InfoCatVAE on MNIST (extra Hydra overrides: make train ARGS="model.lam=4")
+	$(BIN)/python -m infocatvae.train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow" $(ARGS)
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir logs --bind_all
+
+bench: $(STAMP)
+	$(BIN)/python -m experiments.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

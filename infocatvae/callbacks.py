@@ -1,0 +1,138 @@
+"""Lightning callbacks and the checkpoint IO plugin that make runs safe to leave alone."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from infocatvae import plots
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it over the target.
+
+    Lightning's own writer opens the target directly, so a kill mid-write leaves a truncated
+    ``last.ckpt``; a rename is atomic on POSIX file systems, so a reader sees the old file or
+    the new one, never half of one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops training when a loss term turns NaN or infinite, naming the step and the term.
+
+    The check runs before Lightning's ModelCheckpoint (which Lightning always orders last), so
+    ``last.ckpt`` keeps the last good state. To avoid a host synchronisation at every GPU step,
+    the first bad step is recorded on the device and read every ``check_every_n_steps`` steps
+    and before every validation and checkpoint.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        if not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
+            raise ValueError(f"callbacks.finite_loss.check_every_n_steps must be an integer >= 1, "
+                             f"got {check_every_n_steps!r}")
+        self.every = check_every_n_steps
+        self._terms: list[str] | None = None
+        self._first: torch.Tensor | None = None  # [2]: first bad step, index of the bad term (-1: none)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not isinstance(outputs, dict):
+            return
+        names = [k for k, v in outputs.items() if torch.is_tensor(v)]
+        values = torch.stack([outputs[k].detach().float() for k in names])
+        if self._first is None or self._terms != names:
+            self._terms = names
+            self._first = torch.full((2,), -1, dtype=torch.long, device=values.device)
+        bad = ~torch.isfinite(values)
+        is_new = bad.any() & (self._first[0] < 0)
+        candidate = torch.stack([torch.tensor(trainer.global_step, device=values.device),
+                                 bad.long().argmax()])
+        self._first = torch.where(is_new, candidate, self._first)
+        if (batch_idx + 1) % self.every == 0:
+            self.check(trainer)
+
+    def check(self, trainer) -> None:
+        if self._first is None:
+            return
+        step, term = self._first.tolist()
+        if step >= 0:
+            ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            raise NonFiniteLossError(
+                f"loss term '{self._terms[term]}' became non-finite at step {step} "
+                f"(epoch {trainer.current_epoch}); training stopped. "
+                f"The last good checkpoint, if any, is kept at {ckpt}."
+            )
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+
+class InterruptCheckpoint(L.Callback):
+    """Saves ``last.ckpt`` when the process is asked to stop: SIGTERM (a cluster's preemption)
+    or SIGINT (Ctrl-C). Lightning only notices SIGTERM at the end of an epoch; this callback
+    stops at the end of the current batch. Other errors (a NaN loss) save nothing."""
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            trainer.save_checkpoint(self.path)
+            log.warning("Interrupted (%s): saved %s at epoch %d, step %d", type(exception).__name__, self.path,
+                        trainer.current_epoch, trainer.global_step)
+
+
+class ImageLogger(L.Callback):
+    """TensorBoard image grids on each validation epoch: reconstructions beside their inputs,
+    class-conditional samples (one row per category) and the decoded centroids µ_c."""
+
+    def __init__(self, every_n_epochs: int = 1, n_images: int = 8) -> None:
+        self.every, self.n = every_n_epochs, n_images
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every or not trainer.is_global_zero:
+            return
+        writer = next((lg.experiment for lg in trainer.loggers
+                       if isinstance(lg, L.pytorch.loggers.TensorBoardLogger)), None)
+        if writer is None:
+            return
+        x, _ = next(iter(trainer.val_dataloaders))
+        x = trainer.datamodule.scale(x[: self.n]).to(pl_module.device)
+        step = trainer.global_step
+        writer.add_image("images/reconstructions", plots.reconstruction_grid(pl_module, x), step)
+        writer.add_image("images/samples", plots.samples_grid(pl_module, self.n), step)
+        if hasattr(pl_module, "prior_means"):
+            writer.add_image("images/centroids", plots.centroids_grid(pl_module), step)

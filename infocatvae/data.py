@@ -1,0 +1,230 @@
+"""MNIST and FashionMNIST as LightningDataModules, static (B, 1, 28, 28) or row-sequential (B, 28, 28).
+
+The IDX files are read once, through torchvision's datasets, into uint8 tensors
+held in memory (47 MB for the 60K training images). Batches are gathered by
+tensor indexing and scaled to [0, 1] after they reach the device: no per-sample
+PIL transform or collate in the training loop. With ``on_device: true`` and a
+GPU trainer, the whole dataset is moved to the GPU once in ``setup``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+DATASETS = ("mnist", "fashion_mnist")
+_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+RAW_FILES = (
+    ("train-images-idx3-ubyte", (60000, 28, 28)),
+    ("train-labels-idx1-ubyte", (60000,)),
+    ("t10k-images-idx3-ubyte", (10000, 28, 28)),
+    ("t10k-labels-idx1-ubyte", (10000,)),
+)
+
+
+class DataError(RuntimeError):
+    """The data folder is missing, unreadable or holds corrupt files."""
+
+
+def default_data_dir() -> str:
+    """``INFOCATVAE_DATA_DIR`` when set, else ``./data`` (the default of config ``paths.data_dir``)."""
+    return os.environ.get("INFOCATVAE_DATA_DIR") or "data"
+
+
+def _torchvision_class(dataset: str):
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+
+
+def raw_folder(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / _FOLDERS[dataset] / "raw"
+
+
+def check_raw_files(data_dir: str | Path, dataset: str) -> list[str]:
+    """Problems with the uncompressed IDX files (missing, truncated, corrupt); empty when all is well.
+
+    torchvision's reader fails on a truncated file with an opaque reshape error,
+    so the header and size are checked here first to name the file at fault.
+    """
+    folder = raw_folder(data_dir, dataset)
+    problems = []
+    for name, shape in RAW_FILES:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        expected = 4 + 4 * len(shape) + int(torch.tensor(shape).prod())
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * len(shape))
+        magic = int.from_bytes(header[:4], "big") if len(header) >= 4 else -1
+        dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(len(shape)))
+        size = path.stat().st_size
+        if magic != 0x800 + len(shape) or dims != shape:
+            problems.append(f"{path} is corrupt (header {magic:#x} {dims}, expected {0x800 + len(shape):#x} {shape})")
+        elif size != expected:
+            problems.append(f"{path} is truncated or corrupt ({size} bytes, expected {expected})")
+    return problems
+
+
+def _expected_files_message(data_dir: str | Path, dataset: str) -> str:
+    folder = raw_folder(data_dir, dataset)
+    names = ", ".join(n for n, _ in RAW_FILES)
+    return (
+        f"expected the {dataset} IDX files {names} (or their .gz archives) in {folder}; "
+        f"set paths.data_dir=<folder> or INFOCATVAE_DATA_DIR to a folder in torchvision's layout"
+    )
+
+
+def ensure_dataset(data_dir: str | Path, dataset: str, download: bool = True) -> None:
+    """Make sure the raw files are there and sound: extract the .gz files or download them when missing.
+
+    Raises ``DataError`` naming the folder and the files expected when that fails.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"data.name must be one of {list(DATASETS)}, got {dataset!r}")
+    problems = check_raw_files(data_dir, dataset)
+    if problems and download and all(p.endswith("is missing") for p in problems):
+        folder = Path(data_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _torchvision_class(dataset)(str(folder), train=True, download=True)
+            _torchvision_class(dataset)(str(folder), train=False, download=True)
+        except PermissionError as err:
+            raise DataError(
+                f"cannot write to the data folder {folder} to download {dataset} ({err}); "
+                + _expected_files_message(data_dir, dataset)
+            ) from err
+        except Exception as err:  # no network, a mirror down, a bad archive
+            raise DataError(
+                f"{dataset} is missing from {folder} and could not be downloaded ({type(err).__name__}: {err}); "
+                + _expected_files_message(data_dir, dataset)
+            ) from err
+        problems = check_raw_files(data_dir, dataset)
+    if problems:
+        raise DataError("; ".join(problems) + ". " + _expected_files_message(data_dir, dataset))
+
+
+def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of the training (60K) or test (10K) set."""
+    ds = _torchvision_class(dataset)(str(data_dir), train=train, download=False)
+    return ds.data, ds.targets.long()
+
+
+class _InMemory(Dataset):
+    """Images and labels held as tensors; ``__getitems__`` lets the DataLoader gather a whole batch
+    with one indexing call instead of collating per-sample tuples."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, idx: list[int]):
+        idx_t = torch.as_tensor(idx, device=self.images.device)
+        return self.images[idx_t], self.labels[idx_t]
+
+
+def _keep_batch(batch):
+    return batch
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST or FashionMNIST: 55K/5K train/validation split of the training set (fixed seed), 10K test.
+
+    Batches are ``(x, y)`` with ``x`` float in [0, 1], shaped (B, 1, 28, 28), or (B, 28, 28) rows
+    when ``sequential`` (section 11: each image a 28-step series of 28-pixel rows).
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str | None = None,
+        sequential: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        on_device: bool = True,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
+        for field, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                  ("val_size", val_size, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"data.{field} must be an integer >= {low}, got {value!r}")
+        if val_size >= 60000:
+            raise ValueError(f"data.val_size must be below 60000 (the training set), got {val_size}")
+        self.save_hyperparameters()
+        self.name = name
+        self.data_dir = data_dir if data_dir is not None else default_data_dir()
+        self.sequential = sequential
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.on_device, self.download = on_device, download
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (28, 28) if self.sequential else (1, 28, 28)
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.data_dir, self.name, download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        ensure_dataset(self.data_dir, self.name, download=False)
+        images, labels = load_split(self.data_dir, self.name, train=True)
+        test_images, test_labels = load_split(self.data_dir, self.name, train=False)
+        device = torch.device("cpu")
+        if self.on_device and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            device = self.trainer.strategy.root_device
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        self.train_set = _InMemory(images[train_idx].to(device), labels[train_idx].to(device))
+        self.val_set = _InMemory(images[val_idx].to(device), labels[val_idx].to(device))
+        self.test_set = _InMemory(test_images.to(device), test_labels.to(device))
+
+    def _loader(self, ds: _InMemory, batch_size: int, shuffle: bool) -> DataLoader:
+        # num_workers=0: a batch is one tensor index into memory (or GPU memory);
+        # worker processes would only add IPC copies.
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # A DistributedSampler also for one process: its permutation depends only on
+        # (shuffle_seed, epoch), which Lightning sets each epoch, so a resumed run
+        # sees the same batches as an uninterrupted one.
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed,
+                                     drop_last=False)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=_keep_batch, num_workers=0,
+                          pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 28, 28) → float in [0, 1], in this module's view."""
+        x = images.float().div_(255.0)
+        return x if self.sequential else x.unsqueeze(1)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        return self.scale(images), labels

@@ -1,0 +1,158 @@
+"""Adversarial autoencoder (Makhzani et al., 2015; paper section 9, Table 1 baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infocatvae import losses as L
+from infocatvae.models.base import IMAGE_SHAPE, BaseModel, is_int, require
+from infocatvae.nets import Discriminator
+
+
+class AAE(BaseModel):
+    """Adversarial autoencoder with the MLP encoder and decoder of Table 2 and a deterministic code z.
+
+    - ``K = 1``: the code z (``d`` dims) is matched to N(0, I) by a discriminator on codes
+      (eqs. 11 and 12); the paper's Table 1 row "Adversarial autoencoder (K = 1)".
+    - ``K > 1``: the unsupervised-clustering AAE: the encoder also outputs a softmax category y;
+      one discriminator compares y with one-hot draws of a uniform categorical, another compares
+      z with N(0, I); the decoder reads [y, z].
+
+    Each training batch runs the three phases of the AAE with their own Adam optimisers under
+    manual optimisation (Lightning's GAN example): reconstruction (encoder + decoder),
+    regularisation (the encoder fools the discriminators, eq. 11 second term) and
+    discrimination (eq. 12). Lightning counts every optimiser step in ``global_step``, so one
+    batch advances it by three: size AAE runs in epochs.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        optimizer: Mapping,
+        K: int = 1,
+        d: int = 20,
+        disc_hidden: int = 400,
+        disc_layers: int = 2,
+        likelihood: str = "bernoulli",
+    ) -> None:
+        require("model.K", is_int(K) and K >= 1, "an integer >= 1", K)
+        require("model.d", is_int(d) and d >= 1, "an integer >= 1", d)
+        require("model.disc_hidden", is_int(disc_hidden) and disc_hidden >= 1, "an integer >= 1", disc_hidden)
+        require("model.disc_layers", is_int(disc_layers) and disc_layers >= 0, "an integer >= 0", disc_layers)
+        super().__init__(net, optimizer, K=K, decoder_in=d + (K if K > 1 else 0), likelihood=likelihood)
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.d = d
+        self.to_z = nn.Linear(self.encoder.out_dim, d)
+        self.to_y = nn.Linear(self.encoder.out_dim, K) if K > 1 else None
+        self.disc_z = Discriminator(d, disc_hidden, disc_layers)
+        self.disc_y = Discriminator(K, disc_hidden, disc_layers) if K > 1 else None
+
+    # ---- codes -----------------------------------------------------------------------------
+    def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The category probabilities y (B, K) (all ones when K = 1) and the code z (B, d)."""
+        h = self.encoder(x)
+        z = self.to_z(h)
+        y = self.to_y(h).softmax(-1) if self.to_y is not None else z.new_ones(len(z), 1)
+        return y, z
+
+    def _decoder_input(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([y, z], dim=-1) if self.K > 1 else z
+
+    def encode(self, x: torch.Tensor):
+        """(y, z broadcast to (B, K, d), None): the code does not depend on c and has no variance."""
+        y, z = self._codes(x)
+        return y, z.unsqueeze(1).expand(-1, self.K, -1), None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self._codes(x)[1]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self._decoder_input(*self._codes(x))).view(-1, *IMAGE_SHAPE)
+
+    def sample(self, c: torch.Tensor) -> torch.Tensor:
+        """Codes drawn from the prior, z ~ N(0, I) and, when K > 1, y = onehot(c); decoded."""
+        z = torch.randn(len(c), self.d, device=self.device)
+        y = F.one_hot(c, self.K).float() if self.K > 1 else z.new_ones(len(c), 1)
+        return self.decode(self._decoder_input(y, z)).view(-1, *IMAGE_SHAPE)
+
+    # ---- the three phases ------------------------------------------------------------------
+    def _disc_pairs(self, y: torch.Tensor, z: torch.Tensor):
+        """(discriminator, fake codes, prior draws) for each adversarial part of the code."""
+        pairs = [(self.disc_z, z, torch.randn_like(z))]
+        if self.disc_y is not None:
+            prior_c = torch.randint(self.K, (len(y),), device=y.device)
+            pairs.append((self.disc_y, y, F.one_hot(prior_c, self.K).to(y.dtype)))
+        return pairs
+
+    def recon_loss(self, x: torch.Tensor) -> torch.Tensor:
+        y, z = self._codes(x)
+        return L.reconstruction(self.decode(self._decoder_input(y, z)), x.flatten(1), self.likelihood).mean()
+
+    def generator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Regularisation phase: the encoder's codes should be taken for prior draws."""
+        y, z = self._codes(x)
+        total = 0.0
+        for disc, fake, _ in self._disc_pairs(y, z):
+            logit = disc(fake)
+            total = total + F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+        return total
+
+    def discriminator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Discrimination phase (eq. 12): prior draws are real, encoder codes are fake.
+        Returns the loss and the discriminators' mean accuracy."""
+        with torch.no_grad():
+            y, z = self._codes(x)
+        total, correct = 0.0, []
+        for disc, fake, real in self._disc_pairs(y, z):
+            lf, lr = disc(fake), disc(real)
+            total = total + F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr)) \
+                + F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf))
+            correct += [(lr > 0).float().mean(), (lf < 0).float().mean()]
+        return total, torch.stack(correct).mean()
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = self.recon_loss(x)
+        gen = self.generator_loss(x)
+        disc, acc = self.discriminator_loss(x)
+        return {"loss": recon + gen, "recon": recon, "gen": gen, "disc": disc, "disc_acc": acc}
+
+    # ---- Lightning -------------------------------------------------------------------------
+    def autoencoder_parameters(self):
+        return [*self.encoder.parameters(), *self.to_z.parameters(),
+                *(self.to_y.parameters() if self.to_y is not None else []), *self.decoder.parameters()]
+
+    def encoder_parameters(self):
+        return [*self.encoder.parameters(), *self.to_z.parameters(),
+                *(self.to_y.parameters() if self.to_y is not None else [])]
+
+    def discriminator_parameters(self):
+        return [*self.disc_z.parameters(), *(self.disc_y.parameters() if self.disc_y is not None else [])]
+
+    def configure_optimizers(self):
+        return (self.make_optimizer(self.autoencoder_parameters()),
+                self.make_optimizer(self.encoder_parameters()),
+                self.make_optimizer(self.discriminator_parameters()))
+
+    def _step(self, opt, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        opt_ae, opt_gen, opt_disc = self.optimizers()
+        recon = self.recon_loss(x)
+        self._step(opt_ae, recon)
+        gen = self.generator_loss(x)
+        self._step(opt_gen, gen)
+        disc, acc = self.discriminator_loss(x)
+        self._step(opt_disc, disc)
+        terms = {"loss": recon.detach() + gen.detach(), "recon": recon.detach(), "gen": gen.detach(),
+                 "disc": disc.detach(), "disc_acc": acc}
+        self.log_terms("train", terms, len(x))
+        return terms

@@ -1,0 +1,139 @@
+"""What every model shares: networks from config, the optimiser, logging, clustering on validation.
+
+Each model (pythae style) only states what differs: its heads, its latent code
+and its loss terms in ``losses``. The public API, the same on every model:
+
+- ``encode(x) -> (q_c [B, K], mu [B, K, d], logvar [B, K, d] or None)``
+- ``decode(z) -> pixel values (B, 784) in [0, 1]``
+- ``sample(c) -> images (B, 1, 28, 28)`` for category indices ``c``
+- ``reconstruct(x) -> images (B, 1, 28, 28)``, ``embed(x) -> codes (B, d)``
+- ``losses(x) -> dict`` of batch means, with at least ``loss`` and ``recon``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra.utils
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from infocatvae import metrics
+from infocatvae.losses import LIKELIHOODS
+
+IMAGE_SHAPE = (1, 28, 28)
+MODEL_KEY = "infocatvae_model"  # checkpoint entry naming the model class, for loading and resume checks
+
+
+def plain(cfg: Any) -> Any:
+    """A DictConfig as plain dicts and lists, so that checkpoints hold no OmegaConf objects
+    (torch.load(weights_only=True) refuses them)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def require(field: str, ok: bool, allowed: str, value: Any) -> None:
+    """Raise a ValueError naming the config field, what is allowed and what was given."""
+    if not ok:
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class BaseModel(L.LightningModule):
+    """Base of the four models: builds ``encoder`` and ``decoder`` from the ``net`` config,
+    validates the shared hyperparameters, logs every loss term under ``train/`` and ``val/``,
+    and the clustering accuracy and NMI of ``argmax q(c|x)`` on each validation epoch."""
+
+    def __init__(
+        self, net: Mapping, optimizer: Mapping, K: int, decoder_in: int, likelihood: str = "bernoulli"
+    ) -> None:
+        super().__init__()
+        require("model.K", is_int(K) and K >= 1, "an integer >= 1", K)
+        require("model.likelihood", likelihood in LIKELIHOODS, f"one of {list(LIKELIHOODS)}", likelihood)
+        net, optimizer = plain(net), plain(optimizer)
+        lr = optimizer.get("lr", 1e-3) if isinstance(optimizer, Mapping) else None
+        require("model.optimizer.lr", is_number(lr) and lr > 0, "a number > 0", lr)
+        self.K, self.likelihood, self.optimizer_cfg = K, likelihood, optimizer
+        self.encoder = hydra.utils.instantiate(net["encoder"])
+        self.decoder = hydra.utils.instantiate(net["decoder"], latent_dim=decoder_in)
+        self._val_pred: list[torch.Tensor] = []
+        self._val_true: list[torch.Tensor] = []
+
+    # ---- the API each model fills in -------------------------------------------------------
+    def encode(self, x: torch.Tensor):
+        raise NotImplementedError
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def sample(self, c: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel values (B, 784) in [0, 1] for codes z (B, latent); extra leading axes are kept."""
+        lead = z.shape[:-1]
+        return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*lead, -1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.embed(x)).view(-1, *IMAGE_SHAPE)
+
+    def cluster(self, x: torch.Tensor) -> torch.Tensor:
+        """The category of each input: argmax q(c|x)."""
+        return self.encode(x)[0].argmax(-1)
+
+    # ---- Lightning -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return self.make_optimizer(self.parameters())
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """The ``optimizer`` config (a ``_partial_`` target, Adam by default) applied to ``params``."""
+        return hydra.utils.instantiate(self.optimizer_cfg)(params)
+
+    def log_terms(self, stage: str, terms: Mapping[str, torch.Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
+            on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=not on_step,
+        )
+        self.log(f"{stage}/loss", terms["loss"].detach(), prog_bar=True, on_step=on_step, on_epoch=True,
+                 batch_size=batch_size, sync_dist=not on_step)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        terms = self.losses(x)
+        self.log_terms("train", terms, len(x))
+        return terms
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        terms = self.losses(x)
+        self.log_terms("val", terms, len(x))
+        if self.K > 1:
+            self._val_pred.append(self.cluster(x))
+            self._val_true.append(y)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_pred:
+            return
+        pred = self.all_gather(torch.cat(self._val_pred)).flatten().cpu().numpy()
+        true = self.all_gather(torch.cat(self._val_true)).flatten().cpu().numpy()
+        self._val_pred.clear()
+        self._val_true.clear()
+        scores = metrics.clustering_scores(true, pred, K=self.K)
+        # rank_zero_only: the values are already gathered from every process.
+        self.log("val/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
+        self.log("val/nmi", float(scores["nmi"]), rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[MODEL_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"

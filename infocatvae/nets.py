@@ -1,0 +1,121 @@
+"""Networks, separate from the objectives that train them (appendix B, Table 2; appendix C, Table 3).
+
+Every encoder maps a batch of images, (B, 1, 28, 28), (B, 784) or row sequences
+(B, 28, 28), to features ``h`` of width ``out_dim``; every decoder maps codes
+(B, latent_dim) to flat pixel values (B, 784) in [0, 1]. Both families accept
+either data view: the MLP flattens whatever it gets and the GRU reads any
+28×28 image as 28 rows, so ``net`` and ``data`` compose freely.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPEncoder(nn.Module):
+    """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU."""
+
+    def __init__(self, in_dim: int = 784, hidden: int = 400, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.out_dim = hidden
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(nn.Module):
+    """Table 2, right column: FC d→400 + Dropout(0.25) + ReLU, FC 400→784 + Sigmoid."""
+
+    def __init__(self, latent_dim: int, hidden: int = 400, dropout: float = 0.25, out_dim: int = 784) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, out_dim), nn.Sigmoid()
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class GRUEncoder(nn.Module):
+    """Table 3, left column: a bidirectional GRU (hidden 128) over the 28 rows; its two final states (256)."""
+
+    def __init__(self, row_dim: int = 28, hidden: int = 128) -> None:
+        super().__init__()
+        self.row_dim = row_dim
+        self.out_dim = 2 * hidden
+        self.gru = nn.GRU(row_dim, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.gru(x.reshape(x.shape[0], -1, self.row_dim))  # h_n: [2, B, hidden]
+        return torch.cat([h_n[0], h_n[1]], dim=-1)
+
+
+class GRUDecoder(nn.Module):
+    """Table 3, right column: FC d→128 gives the initial state; a GRU reads z at each of the
+    28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns (B, steps·row_dim)."""
+
+    def __init__(self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28) -> None:
+        super().__init__()
+        self.steps = steps
+        self.init = nn.Linear(latent_dim, hidden)
+        self.gru = nn.GRU(latent_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, row_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h0 = self.init(z).unsqueeze(0)
+        seq, _ = self.gru(z.unsqueeze(1).expand(-1, self.steps, -1), h0)
+        return torch.sigmoid(self.out(F.relu(seq))).flatten(1)
+
+
+class CategoricalHeads(nn.Module):
+    """q(c|x) and the Gaussian heads of q(z|x, c) on [h, onehot(c)] (Tables 2 and 3: D, Qµ, Qσ).
+
+    Qµ and Qσ are linear layers on the concatenation [h, onehot(c)]. Because the
+    one-hot part of a linear layer only selects a column of its weight, the heads
+    are evaluated for all K categories at once as ``W_h h + W_c[:, c] + b``: one
+    batched call, no loop over c. ``soft`` feeds [h, q(c|x)] instead (the
+    authors' public code).
+    """
+
+    def __init__(self, in_dim: int, K: int, d: int) -> None:
+        super().__init__()
+        self.in_dim, self.K = in_dim, K
+        self.classifier = nn.Linear(in_dim, K)
+        self.mu = nn.Linear(in_dim + K, d)
+        self.logvar = nn.Linear(in_dim + K, d)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(h)
+
+    def _all_categories(self, layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        w_h, w_c = layer.weight[:, : self.in_dim], layer.weight[:, self.in_dim :]
+        return F.linear(h, w_h, layer.bias).unsqueeze(1) + w_c.t().unsqueeze(0)  # [B, K, d]
+
+    def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x, c) for every c: two [B, K, d] tensors."""
+        return self._all_categories(self.mu, h), self._all_categories(self.logvar, h)
+
+    def gaussian_soft(self, h: torch.Tensor, q_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of the heads fed with [h, q(c|x)]: two [B, d] tensors."""
+        hq = torch.cat([h, q_c], dim=-1)
+        return self.mu(hq), self.logvar(hq)
+
+
+class Discriminator(nn.Module):
+    """MLP discriminator on codes for the adversarial autoencoder: returns one logit per code."""
+
+    def __init__(self, in_dim: int, hidden: int = 400, layers: int = 2) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            width = hidden
+        mods.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(-1)
