@@ -1,0 +1,80 @@
+"""The data modules on the real MNIST and FashionMNIST files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from infocatvae.data import DataError, MNISTDataModule, check_raw_files, ensure_dataset
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_raw_files_are_sound(name, data_dir):
+    assert check_raw_files(data_dir, name) == []
+
+
+@pytest.mark.parametrize("sequential,shape", [(False, (64, 1, 28, 28)), (True, (64, 28, 28))])
+def test_batches_are_scaled_images_or_row_sequences(sequential, shape, data_dir):
+    dm = MNISTDataModule(data_dir=data_dir, sequential=sequential, batch_size=64)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 55000 and len(dm.val_set) == 5000 and len(dm.test_set) == 10000
+    raw = next(iter(dm.train_dataloader()))
+    assert raw[0].dtype == torch.uint8  # scaled per batch, after transfer
+    x, y = dm.on_after_batch_transfer(raw, 0)
+    assert x.shape == shape and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+    assert y.shape == (64,) and y.dtype == torch.long and set(y.tolist()) <= set(range(10))
+
+
+def test_split_is_fixed_and_disjoint(data_dir):
+    a, b = MNISTDataModule(data_dir=data_dir), MNISTDataModule(data_dir=data_dir)
+    a.setup(), b.setup()
+    assert torch.equal(a.val_set.images, b.val_set.images)
+    train_keys = {hash(img.numpy().tobytes()) for img in a.train_set.images[:2000]}
+    assert not train_keys & {hash(img.numpy().tobytes()) for img in a.val_set.images}
+    c = MNISTDataModule(data_dir=data_dir, split_seed=1)
+    c.setup()
+    assert not torch.equal(a.val_set.labels, c.val_set.labels)
+
+
+def test_shuffle_depends_only_on_seed_and_epoch(data_dir):
+    dm = MNISTDataModule(data_dir=data_dir, batch_size=32, shuffle_seed=3)
+    dm.setup()
+    first = [next(iter(dm.train_dataloader()))[1] for _ in range(2)]
+    assert torch.equal(first[0], first[1])
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[1], first[0])
+
+
+def test_missing_files_without_network_name_folder_and_files(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", no_network)
+    with pytest.raises(DataError) as err:
+        ensure_dataset(tmp_path, "mnist")
+    msg = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg
+    assert "t10k-labels-idx1-ubyte" in msg and "could not be downloaded" in msg
+
+
+def test_truncated_file_is_named(tmp_path, data_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        data = (Path(data_dir) / "MNIST" / "raw" / name).read_bytes()
+        (raw / name).write_bytes(data[: len(data) // 2] if name.startswith("t10k-images") else data)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte is truncated or corrupt"):
+        ensure_dataset(tmp_path, "mnist")
+
+
+@pytest.mark.parametrize("kwargs,field", [({"name": "cifar"}, "data.name"), ({"batch_size": 0}, "data.batch_size"),
+                                          ({"val_size": 70000}, "data.val_size")])
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MNISTDataModule(**kwargs)
