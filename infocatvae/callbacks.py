@@ -95,10 +95,32 @@ class FiniteLossGuard(L.Callback):
         self.check(trainer)
 
 
+class EpochSeed(L.Callback):
+    """Reseeds torch's global RNG (dropout, reparameterisation noise) at the start of every
+    training epoch from ``(seed, epoch)``.
+
+    Lightning's checkpoints do not hold RNG states, so without this a run resumed from
+    ``last.ckpt`` at an epoch boundary would draw other noise than the uninterrupted run.
+    With it, each epoch's randomness depends only on the seed and the epoch number, and
+    resuming gives the same weights as not stopping at all. The shuffling order already
+    depends only on ``(shuffle_seed, epoch)`` (see ``data.py``).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        epoch_seed = (self.seed * 100_003 + trainer.current_epoch) % 2**63
+        # different ranks of a DDP job draw different noise, as they would without reseeding
+        torch.manual_seed(epoch_seed + 7919 * trainer.global_rank)
+
+
 class InterruptCheckpoint(L.Callback):
     """Saves ``last.ckpt`` when the process is asked to stop: SIGTERM (a cluster's preemption)
-    or SIGINT (Ctrl-C). Lightning only notices SIGTERM at the end of an epoch; this callback
-    stops at the end of the current batch. Other errors (a NaN loss) save nothing."""
+    or SIGINT (Ctrl-C), or submitit's preemption/time-out signal (which exits through
+    ``SystemExit`` after requeueing the job). Lightning only notices SIGTERM at the end of an
+    epoch; this callback stops at the end of the current batch. Other errors (a NaN loss)
+    save nothing, so ``last.ckpt`` keeps the last good state."""
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
@@ -108,7 +130,7 @@ class InterruptCheckpoint(L.Callback):
             raise SIGTERMException()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException, SystemExit)):
             trainer.save_checkpoint(self.path)
             log.warning("Interrupted (%s): saved %s at epoch %d, step %d", type(exception).__name__, self.path,
                         trainer.current_epoch, trainer.global_step)

@@ -21,7 +21,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infocatvae.callbacks import AtomicCheckpointIO
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
+
+from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
 from infocatvae.config import CONFIG_DIR
 from infocatvae.models import CheckpointError, read_checkpoint
 from infocatvae.models.base import MODEL_KEY
@@ -40,7 +43,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def write_status(run_dir: Path, **fields: Any) -> None:
-    """Update ``status.json`` in the run folder (written to a temporary file, then renamed)."""
+    """Update ``status.json`` in the run folder (written to a temporary file, then renamed).
+
+    Only the process of global rank 0 writes (the other processes of a DDP job do nothing)."""
+    if rank_zero_only.rank != 0:
+        return
     path = Path(run_dir) / STATUS_FILE
     status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = path.with_suffix(".tmp")
@@ -108,6 +115,45 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def trainer_plugins() -> list[Any]:
+    """Atomic checkpoint writes; under SLURM, Lightning's own auto-requeue is turned off.
+
+    Preemption and time-outs on SLURM are handled by submitit (hydra/launcher=slurm): on its
+    signal it requeues the job with the same overrides, ``InterruptCheckpoint`` saves
+    ``last.ckpt`` as the process exits, and the requeued job resumes from it. Lightning's
+    SIGUSR1 handler would requeue the job a second time, so it is disabled.
+    """
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """Lightning's ``ddp`` launcher re-runs the command line; inside a local multirun that would
+    start a sweep in each process, so refuse it with advice instead."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and not SLURMEnvironment.detect():
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            multirun = HydraConfig.get().mode.name == "MULTIRUN"
+        except ValueError:  # no Hydra (tests calling train() directly)
+            multirun = False
+        if multirun:
+            raise ValueError("trainer.strategy=ddp cannot run inside a local multirun (Lightning's launcher re-runs "
+                             "the command line); use trainer.strategy=ddp_spawn, or submit to SLURM with "
+                             "hydra.launcher.tasks_per_node equal to trainer.devices")
+
+
+def _progress(ckpt_path: str) -> tuple[Any, Any]:
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        return ckpt.get("epoch"), ckpt.get("global_step")
+    except Exception:  # already checked by resolve_checkpoint; the log line is only informative
+        return None, None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one job; returns its final metrics (validation, and test when ``test=true``)."""
     run_dir = run_folder(cfg)
@@ -122,22 +168,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
                  run_dir, max_epochs)
         return status.get("metrics", {})
 
-    # Everything that can be rejected is built before any training starts.
-    datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
-    ckpt_path = resolve_checkpoint(cfg, run_dir)
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                                 plugins=[AtomicCheckpointIO()])
-    L.seed_everything(cfg.seed, workers=True)
-    if ckpt_path:
-        log.info("Resuming from %s", ckpt_path)
-    fit_model = torch.compile(model) if cfg.get("compile") else model
-
-    write_status(run_dir, status="running", model=cfg.model._target_, max_epochs=max_epochs, resumed_from=ckpt_path,
-                 error=None)
+    trainer: L.Trainer | None = None
     try:
+        # Everything that can be rejected is built and checked before any training starts
+        # (a failure here is recorded in status.json too, so that a sweep's summary shows it).
+        datamodule = hydra.utils.instantiate(cfg.data)
+        model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+        ckpt_path = resolve_checkpoint(cfg, run_dir)
+        callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+        loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+        # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
+        callbacks.append(EpochSeed(cfg.seed))
+        check_strategy(cfg)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
+        if rank_zero_only.rank == 0:
+            datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)
+        L.seed_everything(cfg.seed, workers=True)
+        if ckpt_path:
+            log.info("Resuming from %s (epoch %s, step %s)", ckpt_path, *_progress(ckpt_path))
+        else:
+            log.info("Starting %s from scratch", run_dir)
+        fit_model = torch.compile(model) if cfg.get("compile") else model
+
+        write_status(run_dir, status="running", model=cfg.model._target_, max_epochs=max_epochs,
+                     resumed_from=ckpt_path, error=None)
         # In-memory batches need no worker processes (see data.py).
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -155,11 +209,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     lg.log_hyperparams(flat_hparams(cfg), hp_metrics)
     except BaseException as err:
         write_status(run_dir, status="interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed",
-                     error=f"{type(err).__name__}: {err}", epoch=trainer.current_epoch, step=trainer.global_step)
+                     error=f"{type(err).__name__}: {err}",
+                     epoch=trainer.current_epoch if trainer else None, step=trainer.global_step if trainer else None)
         raise
-    if trainer.is_global_zero:
-        write_status(run_dir, status="completed", metrics=metrics, epoch=trainer.current_epoch,
-                     step=trainer.global_step)
+    write_status(run_dir, status="completed", metrics=metrics, epoch=trainer.current_epoch, step=trainer.global_step)
     log.info("Finished %s: %s", run_dir, {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics
 
