@@ -1,0 +1,124 @@
+"""End to end through the Hydra entry point on slices of the real MNIST."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra.utils
+import pytest
+import torch
+from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE, load_model
+from infocatvae.train import read_status, train
+from tests.conftest import DATA_DIR, TINY, make_cfg
+
+MODELS = {"catvae": CatVAE, "infocatvae": InfoCatVAE, "catvae_free": FreePriorCatVAE, "aae": AAE}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("data", ["mnist", "fashion_mnist", "seq_mnist"])
+@pytest.mark.parametrize("net", ["mlp", "gru"])
+def test_every_model_data_net_config_composes_and_instantiates(model, data, net, tmp_path):
+    cfg = make_cfg([f"model={model}", f"data={data}", f"net={net}"], tmp_path)
+    m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    dm = hydra.utils.instantiate(cfg.data)
+    assert type(m) is MODELS[model]
+    assert dm.sequential == (data == "seq_mnist") and dm.name == data.replace("seq_", "")
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp"])
+def test_trainer_configs_compose(trainer, tmp_path):
+    cfg = make_cfg([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer._target_ == "lightning.Trainer"
+
+
+def test_defaults_are_appendix_b(tmp_path):
+    cfg = make_cfg([], tmp_path)
+    m = cfg.model
+    assert m._target_ == "infocatvae.models.InfoCatVAE" and cfg.data.name == "mnist"
+    assert (m.K, m.delta, m.lam, m.beta_cat, m.beta_cont, m.beta_info) == (10, 2, 2.0, 10.0, 10.0, 100.0)
+    assert m.optimizer.lr == 1e-4 and cfg.data.batch_size == 128 and m.recon == "marginal"
+
+
+def _events(run: Path) -> list[Path]:
+    return list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free", "aae", "aae model.K=10"])
+def test_short_training_writes_checkpoint_and_events_then_resumes(model, tmp_path):
+    run = tmp_path / "run"
+    metrics = train(make_cfg([*TINY, *f"model={model}".split()], run))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and _events(run)
+    assert read_status(run)["status"] == "completed"
+    assert {"val/loss", "val/recon", "train/loss"} <= set(metrics)
+    if "K=10" in model or not model.startswith("aae"):
+        assert 0.0 <= metrics["val/cluster_acc"] <= 1.0 and "val/nmi" in metrics
+    # load_from_checkpoint with no other argument
+    cls = MODELS[model.split()[0].removeprefix("model=")] if " " not in model else AAE
+    loaded = cls.load_from_checkpoint(ckpt)
+    assert type(loaded) is cls and type(load_model(ckpt)) is cls
+    first = torch.load(ckpt, weights_only=True)
+    assert first["epoch"] == 0
+    # the same command with more epochs resumes at the next epoch in the same folder
+    train(make_cfg([*TINY, "trainer.max_epochs=2", *f"model={model}".split()], run))
+    second = torch.load(ckpt, weights_only=True)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
+    assert read_status(run)["resumed_from"] == str(ckpt)
+    assert len(_events(run)) >= 2  # the curves continue in the same TensorBoard folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free", "aae model.K=10"])
+def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
+    train(make_cfg([*TINY, *f"model={model}".split(), "net=gru", "data=seq_mnist"], tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    m = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert type(m.encoder).__name__ == "GRUEncoder" and m.likelihood == "gaussian"
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_losses_clustering_and_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(make_cfg([*TINY, "model=infocatvae"], tmp_path))
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for term in ("loss", "recon", "kl_cat", "kl_cont", "info"):
+        assert f"train/{term}_epoch" in scalars and f"val/{term}" in scalars
+    assert {"val/cluster_acc", "val/nmi"} <= scalars
+    assert {"images/reconstructions", "images/samples", "images/centroids"} <= set(acc.Tags()["images"])
+
+
+@pytest.mark.slow
+def test_explicit_ckpt_path_resumes_in_the_checkpoints_run_folder(tmp_path):
+    first = tmp_path / "first"
+    subprocess.run([sys.executable, "-m", "infocatvae.train", *TINY, "model=catvae", f"paths.data_dir={DATA_DIR}",
+                    f"hydra.run.dir={first}"], check=True, capture_output=True)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    out = subprocess.run([sys.executable, "-m", "infocatvae.train", *TINY, "trainer.max_epochs=2", "model=catvae",
+                          f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={tmp_path / 'second'}", f"ckpt_path={ckpt}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"Resuming from {ckpt}" in out.stdout + out.stderr
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert read_status(first)["status"] == "completed"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.K=0", "model.K must be an integer >= 1, got 0"),
+    ("model.delta=0", "model.delta must be an integer >= 1, got 0"),
+    ("model.lam=-2", "model.lam must be a number >= 0, got -2"),
+    ("model.beta_info=-1", "model.beta_info must be a number >= 0, got -1"),
+    ("model.optimizer.lr=-0.1", "model.optimizer.lr must be a number > 0, got -0.1"),
+    ("model.recon=hard", "model.recon must be one of ['marginal', 'soft'], got 'hard'"),
+])
+def test_bad_hyperparameters_exit_non_zero_before_training(override, message, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "infocatvae.train", override, f"paths.data_dir={DATA_DIR}",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tensorboard").exists()
