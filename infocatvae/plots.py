@@ -29,3 +29,60 @@ def samples_grid(model, per_category: int = 8) -> torch.Tensor:
 def centroids_grid(model) -> torch.Tensor:
     """decode(µ_c) for every category: one row."""
     return _grid(model.decode(model.prior_means), nrow=model.K)
+
+
+# ---- evaluation figures ------------------------------------------------------------------------
+
+@torch.no_grad()
+def interpolation_grid(model, steps: int = 9) -> torch.Tensor:
+    """Figure 3: row c starts at decode(µ_c) and walks to µ_(c+1 mod K) in ``steps`` equal steps:
+    columns decode((1 − t) µ_c + t µ_(c+1)) for t = 0, 1/steps, …, 1."""
+    mu = model.prior_means
+    t = torch.linspace(0.0, 1.0, steps + 1, device=mu.device)[None, :, None]
+    path = (1 - t) * mu[:, None, :] + t * mu.roll(-1, dims=0)[:, None, :]  # [K, steps + 1, d]
+    return _grid(model.decode(path.reshape(-1, mu.shape[-1])), nrow=steps + 1)
+
+
+@torch.no_grad()
+def lambda_grid(model, lambdas=range(10)) -> torch.Tensor:
+    """Figure 4: row c decodes the block mean of category c (eq. 8) scaled by λ' = 0, 1, …, 9.
+
+    The code is λ' times the unit block of c, written as µ_c / ||µ_c|| · λ' · √δ: exactly λ'·e_c
+    (block) for the fixed prior, and the same norm along the learned direction for a free prior.
+    """
+    mu = model.prior_means
+    delta = mu.shape[-1] // model.K
+    unit = mu / mu.norm(dim=-1, keepdim=True).clamp_min(1e-12) * delta**0.5
+    lam = torch.as_tensor(list(lambdas), dtype=mu.dtype, device=mu.device)
+    codes = unit[:, None, :] * lam[None, :, None]  # [K, len(lambdas), d]
+    return _grid(model.decode(codes.reshape(-1, mu.shape[-1])), nrow=len(lam))
+
+
+def pca_figure(codes: torch.Tensor, labels: torch.Tensor, title: str = "latent means (PCA)"):
+    """A matplotlib figure of the 2-D PCA projection of ``codes`` (N, d), coloured by true label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    codes = codes.detach().double().cpu()
+    centred = codes - codes.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    proj = (centred @ v[:2].T).numpy() if codes.shape[1] >= 2 else torch.cat(
+        [centred, torch.zeros_like(centred)], 1).numpy()
+    labels = labels.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=80)
+    sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), fraction=0.046, pad=0.04, label="true label")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def save_grid(grid: torch.Tensor, path) -> None:
+    """Save an image grid (3, H, W) in [0, 1] as a PNG."""
+    from torchvision.utils import save_image
+
+    save_image(grid, str(path))
