@@ -54,7 +54,12 @@ def reconstruction(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str = "bern
     tensors are flat in their last axis and broadcast against each other (the
     marginal reconstruction passes ``x_hat`` [B, K, D] with ``x`` [B, 1, D]).
     """
-    x = x.expand_as(x_hat)
+    # In float32 outside autocast: CUDA autocast refuses binary_cross_entropy on half tensors.
+    with torch.autocast(device_type=x_hat.device.type, enabled=False):
+        return _reconstruction(x_hat.float(), x.float().expand_as(x_hat), likelihood)
+
+
+def _reconstruction(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
     if likelihood == "bernoulli":
         err = F.binary_cross_entropy(x_hat, x, reduction="none")
     elif likelihood == "gaussian":
