@@ -208,8 +208,10 @@ class MNISTDataModule(L.LightningDataModule):
         # sees the same batches as an uninterrupted one.
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed,
                                      drop_last=False)
+        # Its own generator: creating an iterator otherwise draws a base seed from torch's global RNG,
+        # at a point that differs between an uninterrupted and a resumed run (see callbacks.EpochSeed).
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=_keep_batch, num_workers=0,
-                          pin_memory=False)
+                          pin_memory=False, generator=torch.Generator().manual_seed(self.shuffle_seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

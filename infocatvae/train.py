@@ -172,6 +172,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         # Everything that can be rejected is built and checked before any training starts
         # (a failure here is recorded in status.json too, so that a sweep's summary shows it).
+        # Seeded first: the initial weights come from the global RNG.
+        L.seed_everything(cfg.seed, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
         ckpt_path = resolve_checkpoint(cfg, run_dir)
@@ -183,7 +185,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
         if rank_zero_only.rank == 0:
             datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)
-        L.seed_everything(cfg.seed, workers=True)
         if ckpt_path:
             log.info("Resuming from %s (epoch %s, step %s)", ckpt_path, *_progress(ckpt_path))
         else:
