@@ -15,15 +15,19 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def kl_cat(logits: torch.Tensor) -> torch.Tensor:
-    """KL(q(c|x) ‖ uniform) = log K − H(q(c|x)), the first term of eq. (5)."""
-    log_q = F.log_softmax(logits, dim=-1)
+    """KL(q(c|x) ‖ uniform) = log K − H(q(c|x)), the first term of eq. (5).
+
+    Computed in float32: under bf16 autocast the difference of two numbers near log K loses
+    every digit and can turn negative."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
     return (log_q.exp() * log_q).sum(-1) + math.log(logits.shape[-1])
 
 
 def gaussian_kl(
     mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
 ) -> torch.Tensor:
-    """Closed-form KL(N(mu, e^logvar) ‖ N(prior_mu, e^prior_logvar)), summed over the last axis."""
+    """Closed-form KL(N(mu, e^logvar) ‖ N(prior_mu, e^prior_logvar)), summed over the last axis (float32)."""
+    mu, logvar = mu.float(), logvar.float()
     return 0.5 * (
         prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
     ).sum(-1)

@@ -104,10 +104,10 @@ class BaseModel(L.LightningModule):
         on_step = stage == "train"
         self.log_dict(
             {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-            on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=not on_step,
+            on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True,
         )
         self.log(f"{stage}/loss", terms["loss"].detach(), prog_bar=True, on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, sync_dist=not on_step)
+                 batch_size=batch_size, sync_dist=True)
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
