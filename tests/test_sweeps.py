@@ -1,0 +1,106 @@
+"""Sweeps for real: a Hydra multirun through hydra-submitit-launcher's local launcher on real
+MNIST, the summary table, running the same sweep again, a failing job, and DDP on two CPU
+processes. Everything runs as subprocesses of the entry points."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infocatvae.data import check_raw_files, default_data_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
+                       reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"),
+]
+
+TINY = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
+        "callbacks.progress_bar.refresh_rate=0", "~callbacks.images", "data.batch_size=64",
+        "data.eval_batch_size=256"]
+
+
+def entry(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INFOCATVAE_DATA_DIR": default_data_dir(), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+
+
+def job_dirs(sweep: Path) -> dict[str, Path]:
+    """K value -> job folder."""
+    out = {}
+    for status in sweep.glob("*/status.json"):
+        overrides = (status.parent / ".hydra" / "overrides.yaml").read_text()
+        k = next(line.split("=")[1] for line in overrides.splitlines() if "model.K=" in line)
+        out[k.strip()] = status.parent
+    return out
+
+
+def test_submitit_sweep_summary_failure_rerun_and_resume(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = ["-m", "hydra/launcher=submitit_local", *TINY, "model.K=0,3,5", f"hydra.sweep.dir={sweep}"]
+    first = entry("infocatvae.train", *cmd)
+    # the job with K=0 fails: the sweep reports it (non-zero exit) after the others finished
+    assert first.returncode != 0, first.stdout[-2000:] + first.stderr[-2000:]
+    jobs = job_dirs(sweep)
+    assert set(jobs) == {"0", "3", "5"}, (list(sweep.iterdir()), first.stderr[-3000:])
+    status = {k: json.loads((d / "status.json").read_text()) for k, d in jobs.items()}
+    assert status["0"]["status"] == "failed" and "model.K" in status["0"]["error"]
+    for k in ("3", "5"):
+        assert status[k]["status"] == "completed", status[k]
+        assert 0.0 <= status[k]["metrics"]["val/cluster_acc"] <= 1.0
+        assert (jobs[k] / "checkpoints" / "last.ckpt").is_file()
+        # TensorBoard: each job's events with its hyperparameters for the HParams tab
+        events = list((jobs[k] / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and any(b"hparams" in e.read_bytes() for e in events)
+
+    # the summary: one row per job, the failure marked with its error, sorted by a metric
+    summ = entry("infocatvae.summarize", str(sweep), "--sort", "val/cluster_acc", timeout=60)
+    assert summ.returncode == 0, summ.stderr
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 3
+    by_k = {r["model.K"]: r for r in rows}
+    assert by_k["0"]["status"] == "failed" and "model.K must be an integer" in by_k["0"]["error"]
+    assert rows[-1]["model.K"] == "0"  # no metric: sorted last
+    accs = [float(r["val/cluster_acc"]) for r in rows[:2]]
+    assert accs == sorted(accs, reverse=True)
+    assert by_k["3"]["val/nmi"] and by_k["3"]["val/loss"]
+    assert (sweep / "summary.md").read_text().count("\n") == 2 + 3
+    assert "failed" in summ.stdout
+
+    # simulate a job cut off after its first checkpoint: K=5 was interrupted, K=3 finished
+    s5 = jobs["5"] / "status.json"
+    s5.write_text(json.dumps({**status["5"], "status": "interrupted", "metrics": {}}))
+    done_ckpt = jobs["3"] / "checkpoints" / "last.ckpt"
+    before = (done_ckpt.stat().st_mtime_ns, done_ckpt.read_bytes())
+    again = entry("infocatvae.train", *cmd)
+    assert again.returncode != 0  # K=0 still fails
+    log3 = (jobs["3"] / "train.log").read_text()
+    assert "already completed" in log3 and "skipping" in log3
+    assert (done_ckpt.stat().st_mtime_ns, done_ckpt.read_bytes()) == before, "a finished job was retrained"
+    log5 = (jobs["5"] / "train.log").read_text()
+    assert "Resuming from" in log5 and str(jobs["5"] / "checkpoints" / "last.ckpt") in log5
+    assert json.loads(s5.read_text())["status"] == "completed"
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    run = tmp_path / "ddp"
+    res = entry("infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY[1:],
+                f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 3
+    # both processes ran, and report the same (synced) metrics
+    logs = [run / "train.log", run / "train_ddp_process_1.log"]
+    finished = [next(line for line in p.read_text().splitlines() if "Finished" in line) for p in logs]
+    metrics = [f.split(": ", 1)[1] for f in finished]
+    assert metrics[0] == metrics[1], finished
+    from infocatvae.models import load_model
+
+    load_model(run / "checkpoints" / "last.ckpt")
