@@ -1,0 +1,156 @@
+"""The kernel density estimates of Table 1 against scikit-learn, the bandwidth search, and the
+clustering accuracy mappings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.neighbors import KernelDensity
+
+from infocatvae import metrics
+from infocatvae.data import load_split
+
+
+@pytest.fixture(scope="module")
+def mnist_slice(data_dir):
+    x, _ = load_split(data_dir, "mnist", train=True)
+    return x[:600].reshape(600, -1).double() / 255.0
+
+
+def brute_force_kde(fit: np.ndarray, samples: np.ndarray, h: float) -> np.ndarray:
+    d2 = ((samples[:, None, :] - fit[None]) ** 2).sum(-1)
+    return logsumexp(-d2 / (2 * h * h), axis=1) - np.log(len(fit)) - fit.shape[1] / 2 * np.log(2 * np.pi * h * h)
+
+
+@pytest.mark.parametrize("bandwidth", [0.1, 0.3, 1.0, 3.0])
+def test_kde_matches_sklearn_on_gaussian_data(bandwidth):
+    rng = np.random.default_rng(1)
+    fit, samples = rng.normal(size=(300, 2)), rng.normal(size=(50, 2)) * 1.5
+    ref = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(fit).score_samples(samples)
+    ours = metrics.kde_score_samples(fit, samples, bandwidth, chunk_size=16)
+    assert ours.dtype == torch.float64 and ours.shape == (50,)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bandwidth", [0.05, 0.3, 1.0])
+def test_kde_exact_where_every_kernel_underflows(bandwidth):
+    """7-D points far from every fit point: at small h every exp(−d²/2h²) underflows in float64.
+    scikit-learn's tree then returns values off by up to hundreds of nats (0.05: ~800, 0.3: ~45);
+    the shifted logsumexp here stays equal to a brute-force float64 logsumexp."""
+    rng = np.random.default_rng(1)
+    fit, samples = rng.normal(size=(300, 7)), rng.normal(size=(50, 7)) * 1.5
+    ours = metrics.kde_score_samples(fit, samples, bandwidth, chunk_size=16).numpy()
+    np.testing.assert_allclose(ours, brute_force_kde(fit, samples, bandwidth), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bandwidth", [0.1, 0.2, 0.3])
+def test_kde_matches_sklearn_on_mnist_pixels(mnist_slice, bandwidth):
+    """784-dimensional pixels in [0, 1], the Table 1 setting. scikit-learn is the reference for
+    samples near the fit points (noisy copies, where its tree is exact); a brute-force float64
+    logsumexp for held-out images, where scikit-learn's tree is not (see the test above)."""
+    fit = mnist_slice[:500]
+    near = (fit[:40] + 0.01 * torch.randn(40, 784, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    ref = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(fit.numpy()).score_samples(near.numpy())
+    ours = metrics.kde_score_samples(fit.float(), near.float(), bandwidth, chunk_size=7).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    held_out = mnist_slice[500:540]
+    ours = metrics.kde_score_grid(fit, held_out, [bandwidth, 2 * bandwidth], chunk_size=16)
+    np.testing.assert_allclose(ours[0].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), bandwidth), rtol=1e-6)
+    np.testing.assert_allclose(ours[1].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 2 * bandwidth),
+                               rtol=1e-6)
+
+
+def test_kde_rejects_bad_input():
+    with pytest.raises(ValueError, match="features"):
+        metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 4), 0.1)
+    with pytest.raises(ValueError, match="bandwidths"):
+        metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match="precision"):
+        metrics.kde_score_grid(torch.zeros(5, 3), torch.zeros(2, 3), [0.1], precision="float16")
+
+
+def mixture(n_per: int, seed: int = 0) -> np.ndarray:
+    """Three well-separated 2-D Gaussians of unit variance."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [12.0, 0.0], [0.0, 12.0]])
+    return np.concatenate([c + rng.normal(size=(n_per, 2)) for c in centres])
+
+
+def test_select_bandwidth_recovers_known_bandwidth():
+    """On a mixture of unit Gaussians with 400 points each, the likelihood-optimal bandwidth is near
+    Scott's rule for one component, 400^(-1/6) ≈ 0.37; far smaller or larger values must lose."""
+    data = mixture(400)
+    grid = [0.03, 0.1, 0.37, 1.5, 5.0]
+    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0)
+    assert best == 0.37
+    assert scores[0.37] > scores[0.1] > scores[0.03] and scores[0.37] > scores[1.5] > scores[5.0]
+
+
+def test_select_bandwidth_agrees_with_sklearn_gridsearch():
+    """Same folds, same scores as GridSearchCV(KernelDensity) (its score is a fold's total log-likelihood)."""
+    data = mixture(100, seed=3)
+    grid = [0.5, 0.8, 1.6, 3.2]
+    folds = metrics.kfold_indices(len(data), 5, seed=0)
+    cv = [(np.setdiff1d(np.arange(len(data)), f.numpy()), f.numpy()) for f in folds]
+    search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid}, cv=cv).fit(data)
+    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0, precision="float64")
+    assert best == search.best_params_["bandwidth"]
+    ref = search.cv_results_["mean_test_score"] * 5 / len(data)  # equal folds: mean of totals → per point
+    np.testing.assert_allclose([scores[h] for h in grid], ref, rtol=1e-6)
+
+
+def test_holdout_bandwidth_prefers_the_generating_scale():
+    rng = np.random.default_rng(0)
+    fit, valid = rng.normal(size=(2000, 1)), rng.normal(size=(2000, 1))
+    best, scores = metrics.select_bandwidth_holdout(fit, valid, [0.01, 0.3, 10.0])
+    assert best == 0.3 and len(scores) == 3
+
+
+def test_kfold_indices_partition():
+    folds = metrics.kfold_indices(23, 5, seed=1)
+    assert sorted(torch.cat(folds).tolist()) == list(range(23))
+    assert {len(f) for f in folds} <= {4, 5}
+    with pytest.raises(ValueError):
+        metrics.kfold_indices(3, 5)
+
+
+# ---- clustering -----------------------------------------------------------------------------
+
+def test_cluster_acc_is_one_for_a_permuted_perfect_labelling():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 10, 1000)
+    perm = rng.permutation(10)
+    acc, mapping = metrics.cluster_acc(true, perm[true], K=10)
+    assert acc == 1.0 and mapping == "hungarian"
+    scores = metrics.clustering_scores(true, perm[true], K=10)
+    assert scores["nmi"] == pytest.approx(1.0) and scores["ari"] == pytest.approx(1.0)
+
+
+def test_cluster_acc_of_a_constructed_confusion():
+    # labels 0,1,2 with 10 points each; cluster 2 holds all of label 0, cluster 0 holds 7 of
+    # label 1 and 4 of label 2, cluster 1 the rest (3 of label 1, 6 of label 2).
+    true = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    pred = np.array([2] * 10 + [0] * 7 + [1] * 3 + [0] * 4 + [1] * 6)
+    # best one-to-one: 2→0 (10), 0→1 (7), 1→2 (6) = 23/30; greedy per-cluster majority would also give 23
+    acc, mapping = metrics.cluster_acc(true, pred, K=3)
+    assert acc == pytest.approx(23 / 30) and mapping == "hungarian"
+    # a confusion where one-to-one differs from majority: both clusters prefer label 0
+    true2 = np.array([0] * 6 + [1] * 4 + [0] * 5 + [1] * 1)
+    pred2 = np.array([0] * 6 + [0] * 4 + [1] * 5 + [1] * 1)
+    assert metrics.cluster_acc(true2, pred2, K=2)[0] == pytest.approx(max(6 + 1, 4 + 5) / 16)
+
+
+def test_many_to_one_when_K_exceeds_labels():
+    true = np.array([0] * 10 + [1] * 10)
+    pred = np.array([0] * 5 + [1] * 5 + [2] * 8 + [3] * 2 + [])  # clusters 0,1 → 0; 2 → 1; 3 → 1
+    acc, mapping = metrics.cluster_acc(true, pred, K=4)
+    assert mapping == "majority" and acc == 1.0
+    pred_noisy = pred.copy()
+    pred_noisy[[0, 10]] = [2, 0]  # one label-0 point into cluster 2, one label-1 point into cluster 0
+    acc, _ = metrics.cluster_acc(true, pred_noisy, K=4)
+    # cluster 0: {0×4, 1×1} → 4; cluster 1: 5; cluster 2: {0×1, 1×7} → 7; cluster 3: 2
+    assert acc == pytest.approx(18 / 20)
+    assert metrics.clustering_scores(true, pred_noisy, K=4)["cluster_acc_mapping"] == "majority"
