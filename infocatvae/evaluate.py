@@ -8,9 +8,11 @@ of the test images; test reconstruction and ELBO), draws Figures 3 to 5 and writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -147,9 +149,37 @@ def warn_edge(name: str, best: float, grid: list[float]) -> bool:
     return at_edge
 
 
+def cv_bandwidth(cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[float],
+                 device: torch.device) -> tuple[float, dict[float, float], bool]:
+    """Table 1's k-fold search over the training images. It depends on the data only, not on the model,
+    so its result is kept in ``kde.cache_dir`` (keyed by data set, size, folds, seed, grid and precision)
+    and reused by every model evaluated on the same data. Returns (best h, {h: score}, from cache)."""
+    key = {"data": dataset, "fit_size": len(fit), "folds": cfg.kde.folds, "seed": cfg.seed, "bandwidths": grid,
+           "precision": cfg.kde.cv_precision}
+    path = None
+    if cfg.kde.get("cache_dir"):
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        path = Path(cfg.kde.cache_dir) / f"kde_cv_{dataset}_{digest}.json"
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return float(saved["best"]), {float(h): v for h, v in saved["scores"].items()}, True
+        except (OSError, ValueError, KeyError):
+            pass
+    best, scores = metrics.select_bandwidth(fit, grid, folds=cfg.kde.folds, seed=cfg.seed,
+                                            chunk_size=cfg.kde.chunk_size, device=device,
+                                            precision=cfg.kde.cv_precision)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "best": best, "scores": {str(h): v for h, v in scores.items()}}))
+        os.replace(tmp, path)
+    return best, scores, False
+
+
 @torch.no_grad()
-def density_metrics(cfg: DictConfig, train_flat: torch.Tensor, test_flat: torch.Tensor, gen: torch.Tensor,
-                    device: torch.device) -> dict[str, Any]:
+def density_metrics(cfg: DictConfig, dataset: str, train_flat: torch.Tensor, test_flat: torch.Tensor,
+                    gen: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """``kde_ll`` (Table 1) and ``parzen_test_ll`` (Goodfellow et al. / Makhzani et al.); not comparable."""
     out: dict[str, Any] = {}
     g = torch.Generator().manual_seed(cfg.seed)
@@ -159,16 +189,15 @@ def density_metrics(cfg: DictConfig, train_flat: torch.Tensor, test_flat: torch.
         if cfg.kde.fit_size is not None:
             fit = fit[torch.randperm(len(fit), generator=g)[: cfg.kde.fit_size]]
         grid = [float(b) for b in cfg.kde.bandwidths]
-        best, scores = metrics.select_bandwidth(fit, grid, folds=cfg.kde.folds, seed=cfg.seed,
-                                                chunk_size=cfg.kde.chunk_size, device=device,
-                                                precision=cfg.kde.cv_precision)
+        best, scores, cached = cv_bandwidth(cfg, dataset, fit, grid, device)
         t1 = time.perf_counter()
         ll = metrics.kde_score_samples(fit, gen, best, chunk_size=cfg.kde.chunk_size, device=device)
         out.update({
             "kde_ll": float(ll.mean()), "kde_ll_sem": float(ll.std() / math.sqrt(len(ll))),
             "kde_bandwidth": best, "kde_bandwidth_at_edge": warn_edge("kde", best, grid),
             "kde_cv_scores": {str(h): s for h, s in scores.items()}, "kde_fit_size": len(fit),
-            "kde_cv_seconds": t1 - t0, "kde_score_seconds": time.perf_counter() - t1,
+            "kde_folds": cfg.kde.folds,
+            "kde_cv_seconds": t1 - t0, "kde_cv_cached": cached, "kde_score_seconds": time.perf_counter() - t1,
         })
     if cfg.parzen.enabled:
         t0 = time.perf_counter()
@@ -276,7 +305,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results["n_generated"] = len(x_gen)
         train_flat = train_u8.reshape(len(train_u8), -1).float().div_(255.0)
         test_flat = test_u8.reshape(len(test_u8), -1).float().div_(255.0)
-        results.update(density_metrics(cfg, train_flat, test_flat, x_gen.cpu(), device))
+        results.update(density_metrics(cfg, name, train_flat, test_flat, x_gen.cpu(), device))
 
     figs = figures(cfg, model, x_test, test_y, out_dir) if cfg.figures.enabled else {}
     results["figures"] = sorted(f"{k}.png" for k in figs)

@@ -1,0 +1,114 @@
+"""Shared plumbing of the experiment scripts: train through an experiment config, evaluate, write results.
+
+Every script trains with ``python -m infocatvae.train experiment=<name> trainer.max_epochs=<epochs>``
+into ``logs/experiments/<name>_e<epochs>`` (a finished run is reused, so scripts that need the same
+model share one run), evaluates its ``last.ckpt`` with ``python -m infocatvae.evaluate`` and writes
+``experiments/results/<result>.md`` with the measured numbers beside the paper's, and its PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+PAPER_EPOCHS = 600
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help="training epochs (paper: 600)")
+    p.add_argument("--limit-train-batches", type=int, default=None,
+                   help="batches per epoch (default: all); only to shorten CPU runs")
+    p.add_argument("--log-dir", default=str(ROOT / "logs"), help="where training and evaluation runs go")
+    p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra overrides for infocatvae.evaluate (e.g. n_generated=2000)")
+    return p
+
+
+def run_name(experiment: str, args) -> str:
+    name = f"{experiment}_e{args.epochs}"
+    return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
+
+
+def train(experiment: str, args) -> tuple[Path, float]:
+    """Train (or reuse) the run of ``experiment``; returns its folder and the training wall time (0 if reused)."""
+    run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args)
+    cmd = [sys.executable, "-m", "infocatvae.train", f"experiment={experiment}", f"trainer.max_epochs={args.epochs}",
+           f"hydra.run.dir={run_dir}", f"paths.log_dir={args.log_dir}", "callbacks.progress_bar.refresh_rate=0"]
+    if args.limit_train_batches:
+        cmd.append(f"+trainer.limit_train_batches={args.limit_train_batches}")
+    status = run_dir / "status.json"
+    done = status.is_file() and json.loads(status.read_text()).get("status") == "completed"
+    start = time.perf_counter()
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return run_dir, 0.0 if done else time.perf_counter() - start
+
+
+def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[dict, Path]:
+    """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder."""
+    out = run_dir / "eval" / purpose
+    cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+           f"hydra.run.dir={out}", f"paths.log_dir={args.log_dir}", *overrides, *args.eval]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return json.loads((out / "metrics.json").read_text()), out
+
+
+def copy_figure(src: Path, name: str) -> str:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, RESULTS / name)
+    return name
+
+
+def hardware() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), {device}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
+    reduced = args.epochs < PAPER_EPOCHS or args.limit_train_batches
+    lines = [
+        "## Setup", "",
+        f"- epochs: **{args.epochs}**" + (f", {args.limit_train_batches} batches each" if args.limit_train_batches
+                                          else "") + f" (paper: {PAPER_EPOCHS})",
+        "- seed: 0 (config `seed`), evaluation seed 0",
+        f"- hardware: {hardware()}",
+        f"- wall time (training + evaluation of this script): {seconds / 60:.1f} min",
+        f"- runs: {', '.join(f'`{r}`' for r in runs)} under `logs/experiments/`",
+        f"- command: `python {' '.join(sys.argv)}`",
+    ]
+    if reduced:
+        lines += ["", "**Reduced run.** These numbers come from a short CPU run, far from the paper's 600 epochs; "
+                  "they check that the pipeline works end to end and are not a reproduction of the paper's values."]
+    return lines
+
+
+def full_run_note(script: str) -> list[str]:
+    return ["", "## Full run", "",
+            "On a GPU, for the paper's 600 epochs (the evaluation defaults are the paper's protocols):", "",
+            f"    export INFOCATVAE_DATA_DIR=/path/to/data && python experiments/{script} --epochs 600", ""]
+
+
+def write(name: str, lines: list[str]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def fmt(v, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
