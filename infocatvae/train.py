@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
 from infocatvae.config import CONFIG_DIR
@@ -212,6 +214,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_status(run_dir, status="interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed",
                      error=f"{type(err).__name__}: {err}",
                      epoch=trainer.current_epoch if trainer else None, step=trainer.global_step if trainer else None)
+        if isinstance(err, SIGTERMException):  # Lightning's SIGTERM exit is SystemExit(None): status 0
+            raise SystemExit(128 + signal.SIGTERM) from err
         raise
     write_status(run_dir, status="completed", metrics=metrics, epoch=trainer.current_epoch, step=trainer.global_step)
     log.info("Finished %s: %s", run_dir, {k: round(v, 4) for k, v in sorted(metrics.items())})
