@@ -120,11 +120,6 @@ def test_output_folder_not_writable(tmp_path):
     assert_refused(res, str(blocker))
 
 
-def test_full_disk_refused_at_start(tmp_path):
-    # a disk with less free space than a run needs: /dev/shm when small, else skip
-    pytest.skip("needs a nearly full file system; check_output_dir's free-space check is exercised by hand")
-
-
 # ---- bad checkpoints ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["missing", "truncated", "corrupt", "foreign"])
 def test_bad_checkpoint_to_resume(tmp_path, bad_ckpts, kind):
