@@ -32,8 +32,9 @@ def main() -> None:
         "`info_ce` = −mean log q(c|x~) over 10K draws c ~ uniform, x~ = decode(z), z ~ p(z|c) (a Monte Carlo "
         "estimate of −term (7)); its range is [0, ∞), log 10 = 2.30 for a classifier that ignores x~. "
         "`info_ce_on_probs` applies `F.cross_entropy` to the probabilities q(c|x~) as if they were logits, "
-        "as the authors' public code computes its classifier loss; for K = 10 it lies in [1.46, 2.30], "
-        "the range the paper's 2.03 and 1.62 fall in, which suggests the paper reports this variant. "
+        "as the authors' public code computes its classifier loss; for K = 10 it lies in [1.46, 2.46] "
+        "(2.30 for a uniform q), a range the paper's 2.03 and 1.62 fall in, which suggests the paper may "
+        "report this variant. "
         "`info_acc` is the share of samples classified as their own category.", "",
         *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER]),
         *common.full_run_note("info_ce.py"),

@@ -108,8 +108,9 @@ def info_metrics(model, n: int, batch_size: int, sequential: bool, generator: to
 
     ``info_ce``: the cross-entropy −mean log q(c|x̃) (the Monte Carlo estimate of −term (7));
     ``info_ce_on_probs``: F.cross_entropy applied to the probabilities q(c|x̃) as if they were
-    logits, as the authors' public code computes its classifier loss (bounded below by
-    −log(e / (e + K − 1)), 1.46 for K = 10); ``info_acc``: share classified as their own category.
+    logits, as the authors' public code computes its classifier loss (it lies in
+    [log(e + K − 1) − 1, log(e + K − 1)], [1.46, 2.46] for K = 10); ``info_acc``: share classified
+    as their own category.
     """
     c, x_gen = generate(model, n, batch_size, generator)
     q = torch.cat([model.encode(to_view(x_gen[s], sequential, model.device))[0] for s in batches(n, batch_size)])
@@ -309,12 +310,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     figs = figures(cfg, model, x_test, test_y, out_dir) if cfg.figures.enabled else {}
     results["figures"] = sorted(f"{k}.png" for k in figs)
+    tb = tensorboard_folder(cfg)
+    results["tensorboard_dir"] = str(tb) if tb is not None else None
     results["seconds"] = time.perf_counter() - start
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    tb = tensorboard_folder(cfg)
     if tb is not None:
         to_tensorboard(tb, results, figs, step)
-        results["tensorboard_dir"] = str(tb)
     else:
         import matplotlib.pyplot as plt
 
