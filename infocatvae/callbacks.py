@@ -52,11 +52,12 @@ class FiniteLossGuard(L.Callback):
     and before every validation and checkpoint.
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
-        if not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
-            raise ValueError(f"callbacks.finite_loss.check_every_n_steps must be an integer >= 1, "
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
+            raise ValueError(f"callbacks.finite_loss.check_every_n_steps must be null or an integer >= 1, "
                              f"got {check_every_n_steps!r}")
-        self.every = check_every_n_steps
+        self.requested = check_every_n_steps
+        self.every = check_every_n_steps or 1
         self._terms: list[str] | None = None
         self._first: torch.Tensor | None = None  # [2]: first bad step, index of the bad term (-1: none)
 
@@ -70,11 +71,18 @@ class FiniteLossGuard(L.Callback):
             self._first = torch.full((2,), -1, dtype=torch.long, device=values.device)
         bad = ~torch.isfinite(values)
         is_new = bad.any() & (self._first[0] < 0)
-        candidate = torch.stack([torch.tensor(trainer.global_step, device=values.device),
+        # torch.full launches a fill kernel; torch.tensor(..., device=cuda) would copy and synchronise.
+        candidate = torch.stack([torch.full((), trainer.global_step, dtype=torch.long, device=values.device),
                                  bad.long().argmax()])
         self._first = torch.where(is_new, candidate, self._first)
         if (batch_idx + 1) % self.every == 0:
             self.check(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # null: every step on the CPU, where reading a value costs nothing; every 100 steps on an
+        # accelerator, where it would stall the queue of kernels at each step.
+        if self.requested is None:
+            self.every = 1 if pl_module.device.type == "cpu" else 100
 
     def check(self, trainer) -> None:
         if self._first is None:
