@@ -1,0 +1,190 @@
+"""``infocatvae.evaluate`` end to end on short-trained checkpoints of the four models, small sample counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from infocatvae import evaluate as ev
+from infocatvae.config import CONFIG_DIR
+from infocatvae.train import train
+from tests.conftest import REPO, TINY, make_cfg
+
+MODELS = {
+    "catvae": ["model=catvae"],
+    "infocatvae": ["model=infocatvae"],
+    "catvae_free_gru": ["model=catvae_free", "net=gru", "data=seq_mnist", "data.batch_size=32"],
+    "aae": ["model=aae"],
+    "aae_k10": ["model=aae", "model.K=10"],
+}
+SMALL = ["n_test=300", "n_generated=200", "kde.fit_size=300", "kde.folds=2", "kde.cache_dir=null",
+         "parzen.n_valid=200", "info.n_samples=200", "figures.pca_points=200", "batch_size=100"]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """One short-trained run folder per model (3 batches); the GRU run also gets the ``.hydra/config.yaml``
+    Hydra would write, so that its data view is read from there."""
+    runs = {}
+    for name, overrides in MODELS.items():
+        run = tmp_path_factory.mktemp(name)
+        cfg = make_cfg([*overrides, *TINY], run, data_dir)
+        train(cfg)
+        if name == "catvae_free_gru":
+            (run / ".hydra").mkdir()
+            OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+        runs[name] = run
+    return runs
+
+
+def eval_cfg(ckpt: Path, out: Path, data_dir: str, extra: list[str] = ()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", "device=cpu",
+                                         *SMALL, *extra])
+    with open_dict(cfg):
+        cfg.output_dir = str(out)
+    return cfg
+
+
+def finite(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
+    run = checkpoints[name]
+    cfg = eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval", data_dir,
+                   [f"tensorboard_dir={tmp_path / 'tb'}"])
+    m = ev.evaluate(cfg)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    for key in ("kde_ll", "parzen_test_ll", "test_recon"):
+        assert finite(m[key]), (key, m[key])
+    assert m["n_generated"] == 200 and m["n_test"] == 300 and m["kde_fit_size"] == 300
+    assert m["kde_bandwidth"] in cfg.kde.bandwidths and m["parzen_bandwidth"] in cfg.parzen.bandwidths
+    catvae_family = not name.startswith("aae")
+    assert ("test_elbo" in m) == catvae_family
+    if catvae_family:
+        assert m["test_elbo"] < 0 and finite(m["test_elbo"])
+    has_categories = name != "aae"
+    for key in ("cluster_acc", "nmi", "ari", "info_ce", "info_ce_on_probs", "info_acc"):
+        assert (key in m) == has_categories, key
+    if has_categories:
+        assert m["cluster_acc_mapping"] == "hungarian" and 0 < m["cluster_acc"] <= 1
+        assert 0 <= m["info_acc"] <= 1 and m["info_ce"] > 0
+        # cross-entropy on probabilities (logits in [0, 1]) lies in [log(e + K − 1) − 1, log(e + K − 1)]
+        assert math.log(math.e + 9) - 1 - 1e-5 <= m["info_ce_on_probs"] <= math.log(math.e + 9) + 1e-5
+    if name == "catvae_free_gru":
+        assert m["sequential"] and m["data_source"].endswith(".hydra/config.yaml") and m["likelihood"] == "gaussian"
+    else:
+        assert not m["sequential"]
+    pngs = {"samples.png", "reconstructions.png", "latent_pca.png"}
+    if catvae_family:
+        pngs |= {"fig3_interpolation.png", "fig4_lambda.png"}
+    assert set(m["figures"]) == pngs
+    for png in pngs:
+        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same metrics and figures in TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert "eval/kde_ll" in acc.Tags()["scalars"]
+    assert acc.Scalars("eval/kde_ll")[0].value == pytest.approx(m["kde_ll"], rel=1e-5)
+    assert {f"eval/{p.removesuffix('.png')}" for p in pngs} <= set(acc.Tags()["images"])
+
+
+def test_figure_grids_follow_the_paper(checkpoints):
+    """Figure 3 starts each row at decode(µ_c) and ends it at decode(µ_(c+1)); Figure 4's column λ' = 2
+    is decode(µ_c) for λ = 2 (eq. 8)."""
+    from infocatvae import plots
+    from infocatvae.models import load_model
+
+    model = load_model(checkpoints["infocatvae"] / "checkpoints" / "last.ckpt")
+    centroids = plots.centroids_grid(model)  # one row: decode(µ_c), c = 0..K-1
+    interp = plots.interpolation_grid(model)
+    lam = plots.lambda_grid(model)
+    assert interp.shape == lam.shape == (3, 10 * 30 + 2, 10 * 30 + 2)
+
+    def cell(grid, row, col):
+        return grid[:, 2 + row * 30 : 30 + row * 30, 2 + col * 30 : 30 + col * 30]
+
+    for c in range(model.K):
+        assert torch.allclose(cell(interp, c, 0), cell(centroids, 0, c), atol=1e-6)
+        assert torch.allclose(cell(interp, c, 9), cell(centroids, 0, (c + 1) % model.K), atol=1e-6)
+        assert torch.allclose(cell(lam, c, 2), cell(centroids, 0, c), atol=1e-6)
+    assert not torch.allclose(cell(interp, 0, 0), cell(interp, 0, 9))
+
+
+class _StubModel(torch.nn.Module):
+    """sample(c) writes c into the first pixel; encode returns fixed probabilities: 0.7 on the true
+    category for even c, 0.7 on category 0 for odd c (0.3 spread evenly elsewhere)."""
+
+    K = 4
+    device = torch.device("cpu")
+
+    def sample(self, c):
+        x = torch.zeros(len(c), 1, 28, 28)
+        x[:, 0, 0, 0] = c.float()
+        return x
+
+    def encode(self, x):
+        c = x.reshape(len(x), -1)[:, 0].long()
+        target = torch.where(c % 2 == 0, c, torch.zeros_like(c))
+        q = torch.full((len(x), self.K), 0.1)
+        q[torch.arange(len(x)), target] = 0.7
+        return q, None, None
+
+
+def test_info_metrics_on_a_known_classifier():
+    m = ev.info_metrics(_StubModel(), 4000, 1000, False, torch.Generator().manual_seed(0))
+    # even c (half): −log 0.7; odd c: −log 0.1; accuracy: even c and c = 0 → the even half
+    assert m["info_ce"] == pytest.approx(0.5 * -math.log(0.7) + 0.5 * -math.log(0.1), abs=0.05)
+    assert m["info_acc"] == pytest.approx(0.5, abs=0.03)
+    q_true, q_false = 0.7, 0.1
+    lse = math.log(math.exp(0.7) + 3 * math.exp(0.1))
+    assert m["info_ce_on_probs"] == pytest.approx(0.5 * (lse - q_true) + 0.5 * (lse - q_false), abs=0.02)
+
+
+def test_eval_dir_layout(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    assert ev.eval_dir(str(run / "checkpoints" / "last.ckpt"), "logs") == str(run.resolve() / "eval" / "last")
+    assert ev.eval_dir(str(tmp_path / "x" / "model.ckpt"), "logs") == str(Path("logs/eval/runs/x_model"))
+
+
+@pytest.mark.slow
+def test_entry_point_writes_into_the_run_folder(checkpoints, data_dir, tmp_path):
+    run = checkpoints["catvae_free_gru"]
+    (run / "tensorboard").mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+           f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *SMALL, "kde.enabled=false"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((run / "eval" / "last" / "metrics.json").read_text())
+    assert "kde_ll" not in m and finite(m["parzen_test_ll"]) and m["tensorboard_dir"] == str(run / "tensorboard")
+    assert (run / "eval" / "last" / "fig3_interpolation.png").is_file()
+
+
+
+def test_bad_checkpoint_and_missing_ckpt_path_are_named(data_dir, tmp_path):
+    from infocatvae.models import CheckpointError
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(bad)):
+        ev.evaluate(eval_cfg(bad, tmp_path / "out", data_dir))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"paths.data_dir={data_dir}"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        ev.evaluate(cfg)
