@@ -1,0 +1,225 @@
+"""Benchmark: framework overhead, data share, KDE speed. ``make bench`` (python -m experiments.bench).
+
+Prints one JSON object per line:
+
+- ``{"record": "train", "model", "net", "device", "batch_size", "bare_img_per_s", "lightning_img_per_s",
+  "train_ratio_lightning_vs_bare", "data_share"}``: a Lightning training epoch (the real config's
+  callbacks and TensorBoard logger, no validation) against the same model's ``losses`` and
+  optimiser step in a bare PyTorch loop over in-memory tensors, same batch size, same process;
+  ``data_share`` is the time to fetch and scale a batch through the data module over the time of a
+  Lightning step.
+- ``{"record": "kde", ...}``: ``kde_score_samples`` against scikit-learn's KernelDensity.
+- ``{"record": "kde_protocol", ...}``: the whole Table 1 density protocol (5-fold search over the
+  60K training images, then 10K samples), timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import hydra.utils
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from infocatvae.config import CONFIG_DIR
+from infocatvae.data import default_data_dir
+
+MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str):
+    data = "seq_mnist" if net == "gru" else "mnist"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"net={net}", f"data={data}",
+                                          f"paths.data_dir={data_dir}", f"trainer.accelerator={device}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = out_dir
+    return cfg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_throughput(model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device,
+                    repeats: int = 3) -> float:
+    """Images per second of the model's own loss and optimiser step(s) in a plain loop (median of ``repeats``)."""
+    model.to(device).train()
+    opts = model.configure_optimizers()
+    opts = opts if isinstance(opts, tuple) else (opts,)
+    idx = torch.randperm(len(x_all), device=x_all.device)
+
+    def step(i: int) -> None:
+        x = x_all[idx[i * batch_size:(i + 1) * batch_size]]
+        if len(opts) == 3:  # the AAE's three phases (models/aae.py)
+            for opt, loss in ((opts[0], model.recon_loss), (opts[1], model.generator_loss),
+                              (opts[2], lambda b: model.discriminator_loss(b)[0])):
+                opt.zero_grad(set_to_none=True)
+                loss(x).backward()
+                opt.step()
+        else:
+            opts[0].zero_grad(set_to_none=True)
+            model.losses(x)["loss"].backward()
+            opts[0].step()
+
+    for i in range(3):  # warm-up
+        step(i)
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i % (len(x_all) // batch_size))
+        sync(device)
+        rates.append(steps * batch_size / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+class EpochTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
+        self._t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
+        self.times.append(time.perf_counter() - self._t)
+
+
+def lightning_throughput(cfg, steps: int, repeats: int = 3) -> tuple[float, object]:
+    """Images per second of a Lightning training epoch of ``steps`` batches: the median of ``repeats``
+    epochs after a first, warm-up epoch."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    callbacks = [hydra.utils.instantiate(c) for name, c in cfg.callbacks.items() if name != "model_checkpoint"]
+    timer = EpochTimer()
+    loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
+    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1 + repeats, limit_train_batches=steps, limit_val_batches=0,
+                                      num_sanity_val_steps=0, callbacks=[*callbacks, timer], logger=loggers,
+                                      enable_checkpointing=False, enable_model_summary=False)
+    with contextlib.redirect_stdout(sys.stderr):  # the progress bar writes to stdout; the records own it
+        trainer.fit(model, datamodule=datamodule)
+    return steps * datamodule.batch_size / statistics.median(timer.times[1:]), (model, datamodule, trainer)
+
+
+def data_seconds_per_batch(datamodule, device: torch.device, batches: int) -> float:
+    """Fetching and scaling a batch through the data module's own loader, as training does."""
+    loader = datamodule.train_dataloader()
+    it = iter(loader)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(batches):
+        x, y = next(it)
+        datamodule.on_after_batch_transfer((x.to(device, non_blocking=True), y.to(device, non_blocking=True)), 0)
+    sync(device)
+    return (time.perf_counter() - t) / batches
+
+
+def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str) -> None:
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    for net in nets:
+        steps = steps_mlp if net == "mlp" else steps_gru
+        for model_name in models:
+            with tempfile.TemporaryDirectory() as out:
+                cfg = compose_cfg(model_name, net, out, data_dir, device_name)
+                torch.manual_seed(0)
+                light, (model, dm, trainer) = lightning_throughput(cfg, steps)
+                x_all = dm.scale(dm.train_set.images[: 64 * cfg.data.batch_size]).to(device)
+                fresh = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+                bare = bare_throughput(fresh, x_all, cfg.data.batch_size, steps, device)
+                data_s = data_seconds_per_batch(dm, device, min(steps, 50))
+            emit({"record": "train", "model": model_name, "net": net, "device": str(device),
+                  "batch_size": cfg.data.batch_size, "steps": steps, "bare_img_per_s": round(bare, 1),
+                  "lightning_img_per_s": round(light, 1),
+                  "train_ratio_lightning_vs_bare": round(light / bare, 3),
+                  "data_share": round(data_s / (cfg.data.batch_size / light), 4)})
+
+
+def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, protocol: bool) -> None:
+    from sklearn.neighbors import KernelDensity
+
+    from infocatvae import metrics
+    from infocatvae.data import load_split
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    images = load_split(data_dir, "mnist", train=True)[0].flatten(1).double() / 255.0
+    fit, samples = images[:n_fit], images[-n_samples:]
+    h = 0.2
+    t = time.perf_counter()
+    ref = KernelDensity(kernel="gaussian", bandwidth=h).fit(fit.numpy()).score_samples(samples.numpy())
+    t_sk = time.perf_counter() - t
+    metrics.kde_score_samples(fit[:100], samples[:10], h, device=device)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    ours = metrics.kde_score_samples(fit, samples, h, device=device)
+    sync(device)
+    t_ours = time.perf_counter() - t
+    ref_t = torch.as_tensor(ref)
+    rel = ((ours.double().cpu() - ref_t).abs() / ref_t.abs()).max().item()
+    emit({"record": "kde", "device": str(device), "n_fit": n_fit, "n_samples": n_samples, "bandwidth": h,
+          "sklearn_s": round(t_sk, 3), "torch_s": round(t_ours, 4), "kde_speedup_vs_sklearn": round(t_sk / t_ours, 1),
+          "kde_max_rel_err": rel})
+    if protocol:
+        # The Table 1 protocol as evaluate.py runs it, with conf/eval.yaml's grid, folds and precision.
+        kde_cfg = OmegaConf.load(os.path.join(CONFIG_DIR, "eval.yaml")).kde
+        grid = [float(b) for b in kde_cfg.bandwidths]
+        generated = images[:10000].flip(-1)  # stand-in samples: the protocol's cost does not depend on them
+        t = time.perf_counter()
+        best, _ = metrics.select_bandwidth(images, grid, folds=kde_cfg.folds, chunk_size=kde_cfg.chunk_size,
+                                           device=device, precision=kde_cfg.cv_precision)
+        t_search = time.perf_counter() - t
+        metrics.kde_score_samples(images, generated, best, chunk_size=kde_cfg.chunk_size, device=device)
+        sync(device)
+        total = time.perf_counter() - t
+        emit({"record": "kde_protocol", "device": str(device), "n_fit": len(images), "n_samples": len(generated),
+              "folds": kde_cfg.folds, "bandwidths": grid, "bandwidth": best, "search_s": round(t_search, 1),
+              "score_s": round(total - t_search, 1), "seconds": round(total, 1)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--nets", nargs="+", default=["mlp", "gru"], choices=["mlp", "gru"])
+    parser.add_argument("--steps-mlp", type=int, default=60, help="batches per timed MLP epoch")
+    parser.add_argument("--steps-gru", type=int, default=6, help="batches per timed GRU epoch")
+    parser.add_argument("--kde-fit", type=int, default=10000)
+    parser.add_argument("--kde-samples", type=int, default=2000)
+    parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "kde"])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    data_dir = default_data_dir()
+    emit({"record": "machine", "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
+          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    if "train" not in args.skip:
+        bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device)
+    if "kde" not in args.skip:
+        bench_kde(args.kde_fit, args.kde_samples, data_dir, args.device, not args.no_protocol)
+
+
+if __name__ == "__main__":
+    main()
