@@ -15,7 +15,6 @@ EXPERIMENTS = {
     "table1_aae": ("infocatvae.models.AAE", 1, "mnist", False, "MLPEncoder", "bernoulli", None),
     "table1_catvae": ("infocatvae.models.CatVAE", 10, "mnist", False, "MLPEncoder", "bernoulli", None),
     "table1_infocatvae": ("infocatvae.models.InfoCatVAE", 10, "mnist", False, "MLPEncoder", "bernoulli", 100.0),
-    "fig3_infocatvae_mnist": ("infocatvae.models.InfoCatVAE", 10, "mnist", False, "MLPEncoder", "bernoulli", 100.0),
     "fig34_infocatvae_fashion": ("infocatvae.models.InfoCatVAE", 10, "fashion_mnist", False, "MLPEncoder",
                                  "bernoulli", 100.0),
     "fig5_free_catvae": ("infocatvae.models.FreePriorCatVAE", 10, "mnist", True, "GRUEncoder", "gaussian", None),
