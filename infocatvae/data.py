@@ -130,7 +130,9 @@ class _InMemory(Dataset):
         return self.images[i], self.labels[i]
 
     def __getitems__(self, idx: list[int]):
-        idx_t = torch.as_tensor(idx, device=self.images.device)
+        idx_t = torch.as_tensor(idx)
+        if self.images.is_cuda:  # a pinned, asynchronous copy: a pageable one would wait for the GPU
+            idx_t = idx_t.pin_memory().to(self.images.device, non_blocking=True)
         return self.images[idx_t], self.labels[idx_t]
 
 

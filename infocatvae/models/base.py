@@ -126,7 +126,8 @@ class BaseModel(L.LightningModule):
         # The logger connector's own test for "this step is written" (every trainer.log_every_n_steps).
         if getattr(self.trainer._logger_connector, "should_update_logs", True):
             step = dict(zip(self._train_keys, values))
-            self.log("train/loss_step", step.pop("loss"), prog_bar=True, on_step=True, on_epoch=False)
+            # Not in the progress bar: Lightning converts progress-bar values to floats at every step
+            # after they were logged once, which would read the device at every step.
             self.log_dict({f"train/{k}_step": v for k, v in step.items()}, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:

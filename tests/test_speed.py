@@ -1,0 +1,81 @@
+"""Properties of the fast path that the CPU can check: no per-step reads from the device,
+one batched decoder call for the K categories, mixed precision."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sys
+
+import hydra.utils
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import TINY, make_cfg
+
+
+class _Window(L.Callback):
+    """Marks the training epoch, where reads are counted."""
+
+    active = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        _Window.active = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        _Window.active = False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["model=infocatvae", "model=aae model.K=10"])
+def test_training_steps_read_nothing_back_from_the_device(model, tmp_path, monkeypatch):
+    """Every ``.item()``/``.tolist()``/``bool()`` of a tensor during a training epoch, except torch.optim's
+    own CPU step counters: on a GPU each would be a host synchronisation. With the GPU settings
+    (finite-loss check every 30 steps here, logs every 20 steps) 60 steps may read only on the
+    3 logging steps (one value per loss term) and the 3 checks, never once per step."""
+    steps, log_every, check_every = 60, 20, 30
+    cfg = make_cfg([*model.split(), "trainer.accelerator=cpu", f"trainer.log_every_n_steps={log_every}",
+                    f"callbacks.finite_loss.check_every_n_steps={check_every}"], tmp_path)
+    reads: collections.Counter = collections.Counter()
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if _Window.active:
+                caller = sys._getframe(1).f_code.co_filename
+                if "torch/optim" not in caller:
+                    reads[(_name, caller.rsplit("site-packages/", 1)[-1])] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [_Window()]
+    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+                                      num_sanity_val_steps=0, callbacks=callbacks,
+                                      logger=[hydra.utils.instantiate(c) for c in cfg.logger.values()])
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(m, datamodule=datamodule)
+    n_terms = 5
+    allowed = (steps // log_every) * n_terms + steps // check_every + 2  # + the epoch-end check, the loader
+    assert sum(reads.values()) <= allowed, reads
+
+
+def test_all_categories_go_through_the_decoder_in_one_call(tmp_path):
+    cfg = make_cfg(["model=infocatvae"], tmp_path)
+    m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    shapes = []
+    m.decoder.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
+    m.losses(torch.rand(16, 1, 28, 28))
+    # the marginal reconstruction: one call on B·K codes; then the info term on B prior samples
+    assert shapes == [(16 * 10, 20), (16, 20)]
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_trains_with_float32_loss_terms(tmp_path):
+    from infocatvae.train import train
+
+    metrics = train(make_cfg([*TINY, "trainer.precision=bf16-mixed"], tmp_path))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["train/kl_cat"] >= 0 and metrics["val/kl_cat"] >= 0  # log K − H(q) in float32
