@@ -95,8 +95,14 @@ def bare_throughput(model, x_all: torch.Tensor, batch_size: int, steps: int, dev
 
 
 class EpochTimer(L.Callback):
-    def __init__(self) -> None:
+    """Times each training epoch and, between epochs (outside the timed window), the bare loop on the
+    same number of batches, so that each Lightning epoch is compared with a bare run of the same moment:
+    this shared 2-core machine drifts by ±10 % over a minute."""
+
+    def __init__(self, bare) -> None:
+        self.bare = bare
         self.times: list[float] = []
+        self.bare_rates: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         sync(pl_module.device)
@@ -105,22 +111,31 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         sync(pl_module.device)
         self.times.append(time.perf_counter() - self._t)
+        self.bare_rates.append(self.bare())
 
 
-def lightning_throughput(cfg, steps: int, repeats: int = 3) -> tuple[float, object]:
-    """Images per second of a Lightning training epoch of ``steps`` batches: the median of ``repeats``
-    epochs after a first, warm-up epoch."""
+def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -> tuple[float, float, float, object]:
+    """Images per second of a Lightning training epoch of ``steps`` batches and of the bare loop, each the
+    median over ``repeats`` alternating rounds after a warm-up round, and the median of their ratios."""
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
     callbacks = [hydra.utils.instantiate(c) for name, c in cfg.callbacks.items() if name != "model_checkpoint"]
-    timer = EpochTimer()
+    bare_model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+
+    def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
+        x_all = datamodule.scale(datamodule.train_set.images[: 64 * cfg.data.batch_size]).to(device)
+        return bare_throughput(bare_model, x_all, cfg.data.batch_size, steps, device, repeats=1)
+
+    timer = EpochTimer(bare)
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
     trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1 + repeats, limit_train_batches=steps, limit_val_batches=0,
                                       num_sanity_val_steps=0, callbacks=[*callbacks, timer], logger=loggers,
                                       enable_checkpointing=False, enable_model_summary=False)
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar writes to stdout; the records own it
         trainer.fit(model, datamodule=datamodule)
-    return steps * datamodule.batch_size / statistics.median(timer.times[1:]), (model, datamodule, trainer)
+    light = [steps * cfg.data.batch_size / t for t in timer.times[1:]]
+    ratios = [a / b for a, b in zip(light, timer.bare_rates[1:])]
+    return statistics.median(light), statistics.median(timer.bare_rates[1:]), statistics.median(ratios), datamodule
 
 
 def data_seconds_per_batch(datamodule, device: torch.device, batches: int) -> float:
@@ -144,15 +159,11 @@ def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, 
             with tempfile.TemporaryDirectory() as out:
                 cfg = compose_cfg(model_name, net, out, data_dir, device_name)
                 torch.manual_seed(0)
-                light, (model, dm, trainer) = lightning_throughput(cfg, steps)
-                x_all = dm.scale(dm.train_set.images[: 64 * cfg.data.batch_size]).to(device)
-                fresh = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
-                bare = bare_throughput(fresh, x_all, cfg.data.batch_size, steps, device)
+                light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device)
                 data_s = data_seconds_per_batch(dm, device, min(steps, 50))
             emit({"record": "train", "model": model_name, "net": net, "device": str(device),
                   "batch_size": cfg.data.batch_size, "steps": steps, "bare_img_per_s": round(bare, 1),
-                  "lightning_img_per_s": round(light, 1),
-                  "train_ratio_lightning_vs_bare": round(light / bare, 3),
+                  "lightning_img_per_s": round(light, 1), "train_ratio_lightning_vs_bare": round(ratio, 3),
                   "data_share": round(data_s / (cfg.data.batch_size / light), 4)})
 
 
