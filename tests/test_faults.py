@@ -120,6 +120,23 @@ def test_output_folder_not_writable(tmp_path):
     assert_refused(res, str(blocker))
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: room for Hydra's config files, not for checkpoints."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_full_disk_refused_at_start(full_disk):
+    res = entry("infocatvae.train", *TINY, f"hydra.run.dir={full_disk}/run")
+    assert_refused(res, "MiB free")
+    assert not (full_disk / "run" / "checkpoints").exists()
+
+
 # ---- bad checkpoints ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["missing", "truncated", "corrupt", "foreign"])
 def test_bad_checkpoint_to_resume(tmp_path, bad_ckpts, kind):
