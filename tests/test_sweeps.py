@@ -104,3 +104,16 @@ def test_ddp_two_cpu_processes(tmp_path):
     from infocatvae.models import load_model
 
     load_model(run / "checkpoints" / "last.ckpt")
+
+
+def test_optuna_sweeper_maximises_cluster_accuracy(tmp_path):
+    import yaml
+
+    sweep = tmp_path / "optuna"
+    res = entry("infocatvae.train", "-m", "hydra/sweeper=optuna_acc", "hydra.sweeper.n_trials=3",
+                "hydra.sweeper.n_jobs=1", "model.lam=choice(0.5,2,8)", *TINY, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert trials and all(t["status"] == "completed" for t in trials)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(t["metrics"]["val/cluster_acc"] for t in trials))
