@@ -45,7 +45,8 @@ def main() -> None:
         "underflows; see `tests/test_metrics.py`), so the paper's numbers may carry that error.", "",
         f"KDE search time (once per data set, cached): {common.fmt(last['kde_cv_seconds'], 0)} s when run "
         f"(cached: {last['kde_cv_cached']}); scoring {last['n_generated']} samples against 60K: "
-        f"{common.fmt(last['kde_score_seconds'], 0)} s.", "",
+        f"{common.fmt(last['kde_score_seconds'], 0)} s. When the search came from the cache, its cost is the "
+        "`kde_protocol` record of [bench.md](bench.md) (the same call on the same data).", "",
         "Samples (one row per category; the AAE has one category):", "",
         *[f"![{f}]({f})" for f in figs], "",
         *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER]),
