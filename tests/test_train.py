@@ -77,6 +77,14 @@ def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     m = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert type(m.encoder).__name__ == "GRUEncoder" and m.likelihood == "gaussian"
+    # sequences appear in TensorBoard as 28×28 images: inputs above reconstructions, 8 per row
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    recon = acc.Images("images/reconstructions")[-1]
+    assert (recon.height, recon.width) == (2 * 30 + 2, 8 * 30 + 2)  # make_grid pads each 28×28 image by 2
+    assert "images/samples" in acc.Tags()["images"]
 
 
 @pytest.mark.slow
