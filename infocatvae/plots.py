@@ -65,11 +65,14 @@ def pca_figure(codes: torch.Tensor, labels: torch.Tensor, title: str = "latent m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    codes = codes.detach().double().cpu()
-    centred = codes - codes.mean(0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    proj = (centred @ v[:2].T).numpy() if codes.shape[1] >= 2 else torch.cat(
-        [centred, torch.zeros_like(centred)], 1).numpy()
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    codes = codes.detach().double().cpu().numpy()
+    if codes.shape[1] >= 2:
+        proj = PCA(n_components=2).fit_transform(codes)
+    else:  # a one-dimensional code is drawn on a line
+        proj = np.concatenate([codes - codes.mean(0), np.zeros_like(codes)], axis=1)
     labels = labels.cpu().numpy()
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=80)
     sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
