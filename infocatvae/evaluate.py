@@ -23,19 +23,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import metrics, plots
-from infocatvae.config import CONFIG_DIR
+from infocatvae.config import CONFIG_DIR, run_dir_of
 from infocatvae.data import ensure_dataset, load_split
 from infocatvae.models import load_model
 
 log = logging.getLogger(__name__)
-
-
-def run_dir_of(ckpt_path: str | Path) -> Path | None:
-    """The training run folder holding ``ckpt_path`` (``<run>/checkpoints/<file>`` with ``<run>/.hydra``)."""
-    parent = Path(ckpt_path).resolve().parent
-    if parent.name == "checkpoints" and (parent.parent / ".hydra").is_dir():
-        return parent.parent
-    return None
 
 
 def eval_dir(ckpt_path: str | None, log_dir: str) -> str:

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
-from infocatvae.config import CONFIG_DIR
+from infocatvae.config import CONFIG_DIR, run_dir_of
 from infocatvae.models import CheckpointError, read_checkpoint
 from infocatvae.models.base import MODEL_KEY
 
@@ -76,7 +76,8 @@ def check_output_dir(run_dir: Path) -> None:
 def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint to resume from: ``ckpt_path`` when given, else this run's own ``last.ckpt``.
 
-    Checks that it can be read and holds the configured model class before any training.
+    Checks that it can be read and holds the configured model class before any training, and logs
+    where training resumes.
     """
     explicit = cfg.get("ckpt_path")
     path = Path(explicit) if explicit else run_dir / "checkpoints" / "last.ckpt"
@@ -86,17 +87,14 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if hydra.utils.get_class(ckpt[MODEL_KEY]) is not hydra.utils.get_class(cfg.model._target_):
         raise CheckpointError(f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
                               f"{cfg.model._target_}; choose the matching model=... or another checkpoint")
+    log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
     return str(path)
 
 
 def run_folder(cfg: DictConfig) -> Path:
     """The job's folder; resuming an explicit ``ckpt_path`` of another run continues in that run's folder."""
     explicit = cfg.get("ckpt_path")
-    if explicit:
-        parent = Path(explicit).resolve().parent
-        if parent.name == "checkpoints" and (parent.parent / ".hydra").is_dir():
-            return parent.parent
-    return Path(cfg.paths.output_dir)
+    return (run_dir_of(explicit) if explicit else None) or Path(cfg.paths.output_dir)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -148,14 +146,6 @@ def check_strategy(cfg: DictConfig) -> None:
                              "hydra.launcher.tasks_per_node equal to trainer.devices")
 
 
-def _progress(ckpt_path: str) -> tuple[Any, Any]:
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        return ckpt.get("epoch"), ckpt.get("global_step")
-    except Exception:  # already checked by resolve_checkpoint; the log line is only informative
-        return None, None
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one job; returns its final metrics (validation, and test when ``test=true``)."""
     run_dir = run_folder(cfg)
@@ -187,9 +177,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
         if rank_zero_only.rank == 0:
             datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)
-        if ckpt_path:
-            log.info("Resuming from %s (epoch %s, step %s)", ckpt_path, *_progress(ckpt_path))
-        else:
+        if not ckpt_path:
             log.info("Starting %s from scratch", run_dir)
         fit_model = torch.compile(model) if cfg.get("compile") else model
 
