@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,22 @@ DATA_DIR = os.environ.get("INFOCATVAE_DATA_DIR") or str(REPO.parent / "shared" /
 # Tiny trainer limits for end-to-end runs on slices of the real data.
 TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
         "trainer.accelerator=cpu", "data.eval_batch_size=200", "trainer.log_every_n_steps=1"]
+
+
+# Tiny limits for the entry points run as subprocesses (no progress bar, no image grids).
+CLI_TINY = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
+            "callbacks.progress_bar.refresh_rate=0", "~callbacks.images", "data.batch_size=64",
+            "data.eval_batch_size=256"]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "INFOCATVAE_DATA_DIR": DATA_DIR, "HYDRA_FULL_ERROR": "0"}
+
+
+def run_entry(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` from the repository root, on the real data, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -18,25 +18,19 @@ import pytest
 import torch
 
 from infocatvae.data import RAW_FILES, check_raw_files, default_data_dir
+from tests.conftest import CLI_TINY, cli_env, run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(bool(check_raw_files(DATA, "mnist")),
                                 reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
 
-TINY = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-        "callbacks.progress_bar.refresh_rate=0", "~callbacks.images", "data.batch_size=64",
-        "data.eval_batch_size=256"]
+TINY = CLI_TINY
 NO_TRAINING = ("Epoch 0", "Sanity Checking", "Trainer.fit")
 
 
-def env() -> dict:
-    return {**os.environ, "INFOCATVAE_DATA_DIR": DATA, "HYDRA_FULL_ERROR": "0"}
-
-
 def entry(module: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env(),
-                          timeout=timeout, cwd=ROOT)
+    return run_entry(module, *args, timeout=timeout)
 
 
 def tiny(args) -> list[str]:
@@ -52,7 +46,7 @@ def train(run: Path, *args: str, timeout: float = 180) -> subprocess.CompletedPr
 def start(run: Path, *args: str) -> subprocess.Popen:
     log = open(run.parent / f"{run.name}.out", "w")
     return subprocess.Popen([sys.executable, "-m", "infocatvae.train", *tiny(args), f"hydra.run.dir={run}", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+                            stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=ROOT)
 
 
 def wait_for(pred, deadline_s: float, proc: subprocess.Popen | None = None) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from infocatvae.data import check_raw_files, default_data_dir
+from tests.conftest import CLI_TINY, run_entry
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,15 +20,11 @@ pytestmark = [
                        reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"),
 ]
 
-TINY = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-        "callbacks.progress_bar.refresh_rate=0", "~callbacks.images", "data.batch_size=64",
-        "data.eval_batch_size=256"]
+TINY = CLI_TINY
 
 
 def entry(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "INFOCATVAE_DATA_DIR": default_data_dir(), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+    return run_entry(module, *args, timeout=timeout)
 
 
 def job_dirs(sweep: Path) -> dict[str, Path]:
