@@ -145,10 +145,9 @@ def warn_edge(name: str, best: float, grid: list[float]) -> bool:
 def cv_bandwidth(cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[float],
                  device: torch.device) -> tuple[float, dict[float, float], bool]:
     """Table 1's k-fold search over the training images. It depends on the data only, not on the model,
-    so its result is kept in ``kde.cache_dir`` (keyed by data set, size, folds, seed, grid and precision)
+    so its result is kept in ``kde.cache_dir`` (keyed by data set, size, folds, seed and grid)
     and reused by every model evaluated on the same data. Returns (best h, {h: score}, from cache)."""
-    key = {"data": dataset, "fit_size": len(fit), "folds": cfg.kde.folds, "seed": cfg.seed, "bandwidths": grid,
-           "precision": cfg.kde.cv_precision}
+    key = {"data": dataset, "fit_size": len(fit), "folds": cfg.kde.folds, "seed": cfg.seed, "bandwidths": grid}
     path = None
     if cfg.kde.get("cache_dir"):
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -160,8 +159,7 @@ def cv_bandwidth(cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[fl
         except (OSError, ValueError, KeyError):
             pass
     best, scores = metrics.select_bandwidth(fit, grid, folds=cfg.kde.folds, seed=cfg.seed,
-                                            chunk_size=cfg.kde.chunk_size, device=device,
-                                            precision=cfg.kde.cv_precision)
+                                            chunk_size=cfg.kde.chunk_size, device=device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

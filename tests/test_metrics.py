@@ -68,8 +68,63 @@ def test_kde_rejects_bad_input():
         metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 4), 0.1)
     with pytest.raises(ValueError, match="bandwidths"):
         metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 3), 0.0)
-    with pytest.raises(ValueError, match="precision"):
-        metrics.kde_score_grid(torch.zeros(5, 3), torch.zeros(2, 3), [0.1], precision="float16")
+    with pytest.raises(ValueError, match="samples must be .* finite"):
+        metrics.kde_score_samples(torch.zeros(5, 3), torch.tensor([[0.0, float("nan"), 1.0]]), 0.1)
+    with pytest.raises(ValueError, match="fit_data must be .* finite"):
+        metrics.kde_score_samples(torch.full((5, 3), float("inf")), torch.zeros(2, 3), 0.1)
+
+
+def test_kde_pruning_is_exact_and_prunes(mnist_slice, monkeypatch):
+    """Table 1's regime (held-out MNIST images, h ≤ 0.3): the pruned path drops most pairs and still
+    equals a brute-force float64 logsumexp for every bandwidth of one call; a bandwidth so wide that
+    every pair counts goes through the dense product, equally exact."""
+    fit, held_out = mnist_slice[:500], mnist_slice[500:560]
+    kept, dense_calls = [], []
+    sampled = torch.sparse.sampled_addmm
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", lambda p, *a, **k: kept.append(p.values().numel()) or sampled(p, *a, **k))
+    dense = metrics._lse_dense
+    monkeypatch.setattr(metrics, "_lse_dense", lambda *a: dense_calls.append(1) or dense(*a))
+    grid = [0.1, 0.2, 0.3]
+    ours = metrics.kde_score_grid(fit, held_out, grid, chunk_size=16)
+    for row, h in zip(ours, grid):
+        np.testing.assert_allclose(row.numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), h), rtol=1e-9)
+    assert not dense_calls and sum(kept) < 0.05 * len(fit) * len(held_out)
+    wide = metrics.kde_score_samples(fit, held_out, 3.0, chunk_size=16)
+    np.testing.assert_allclose(wide.numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 3.0), rtol=1e-9)
+    assert dense_calls
+
+
+@pytest.mark.parametrize("matmul_precision, dtype", [("highest", torch.float32), ("high", torch.float64)])
+def test_prune_bound_is_a_lower_bound(mnist_slice, matmul_precision, dtype):
+    """The bound minus its slack never exceeds a squared distance, on MNIST pixels and on points of a
+    10-D subspace of R^30 far from the origin (large norms: float32 rounding at its worst), where a
+    16-D basis spans the data and the bound must be exact up to its slack. Where float32 products
+    may be TF32/bf16, the bound is computed in float64."""
+    rng = np.random.default_rng(0)
+    subspace = torch.as_tensor(rng.normal(size=(400, 10)) @ rng.normal(size=(10, 30)) + 50.0)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(matmul_precision)
+    try:
+        for data, tight in ((mnist_slice[:400], False), (subspace, True)):
+            fit, ys = data[:300], data[300:]
+            emb = metrics._PruneEmbedding(fit, fit.square().sum(1), dims=16)
+            assert emb.dtype == dtype
+            bound = torch.empty(len(ys), len(fit), dtype=dtype)
+            slack = emb.lower_bound(ys, ys.square().sum(1), out=bound)
+            gap = torch.cdist(ys, fit).square() - (bound.double() - slack)
+            assert float(gap.min()) >= 0.0
+            if tight:
+                assert float(gap.max()) <= 2 * slack
+            else:
+                assert float(bound.double().mean()) > 0.5 * float((gap + bound.double() - slack).mean())
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_kde_leaves_the_global_rng_alone(mnist_slice):
+    state = torch.get_rng_state()
+    metrics.kde_score_samples(mnist_slice[:200], mnist_slice[200:220], 0.2)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def mixture(n_per: int, seed: int = 0) -> np.ndarray:
@@ -96,7 +151,7 @@ def test_select_bandwidth_agrees_with_sklearn_gridsearch():
     folds = metrics.kfold_indices(len(data), 5, seed=0)
     cv = [(np.setdiff1d(np.arange(len(data)), f.numpy()), f.numpy()) for f in folds]
     search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid}, cv=cv).fit(data)
-    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0, precision="float64")
+    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0)
     assert best == search.best_params_["bandwidth"]
     ref = search.cv_results_["mean_test_score"] * 5 / len(data)  # equal folds: mean of totals → per point
     np.testing.assert_allclose([scores[h] for h in grid], ref, rtol=1e-6)
