@@ -252,7 +252,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--nets", nargs="+", default=["mlp", "gru"], choices=["mlp", "gru"])
     parser.add_argument("--steps-mlp", type=int, default=60, help="batches per timed MLP epoch")
-    parser.add_argument("--steps-gru", type=int, default=6, help="batches per timed GRU epoch")
+    parser.add_argument("--steps-gru", type=int, default=12, help="batches per timed GRU epoch")
     parser.add_argument("--kde-fit", type=int, default=10000)
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
