@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.remove_stale(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -41,6 +43,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def remove_stale(path: Path, min_age_s: float = 60.0) -> None:
+        """Deletes temporary files of ``path`` left by a writer killed mid-write (SIGKILL, preemption):
+        those whose process is gone from this machine and that are at least ``min_age_s`` old."""
+        for tmp in path.parent.glob(f".{path.name}.tmp*"):
+            pid = tmp.name.rpartition(".tmp")[2]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # a live process of that id: maybe a writer, leave it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, owned by someone else
+            try:
+                if time.time() - tmp.stat().st_mtime >= min_age_s:
+                    tmp.unlink()
+                    log.info("removed %s, left by a writer that was killed mid-write", tmp)
+            except FileNotFoundError:
+                pass
 
 
 class FiniteLossGuard(L.Callback):
@@ -59,7 +83,7 @@ class FiniteLossGuard(L.Callback):
         self.requested = check_every_n_steps
         self.every = check_every_n_steps or 1
         self._terms: list[str] | None = None
-        self._first: torch.Tensor | None = None  # [2]: first bad step, index of the bad term (-1: none)
+        self._first: torch.Tensor | None = None  # [3]: first bad optimiser step, its batch, the term (-1: none)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not isinstance(outputs, dict):
@@ -68,11 +92,12 @@ class FiniteLossGuard(L.Callback):
         values = torch.stack([outputs[k].detach().float() for k in names])
         if self._first is None or self._terms != names:
             self._terms = names
-            self._first = torch.full((2,), -1, dtype=torch.long, device=values.device)
+            self._first = torch.full((3,), -1, dtype=torch.long, device=values.device)
         bad = ~torch.isfinite(values)
         is_new = bad.any() & (self._first[0] < 0)
         # torch.full launches a fill kernel; torch.tensor(..., device=cuda) would copy and synchronise.
         candidate = torch.stack([torch.full((), trainer.global_step, dtype=torch.long, device=values.device),
+                                 torch.full((), batch_idx, dtype=torch.long, device=values.device),
                                  bad.long().argmax()])
         self._first = torch.where(is_new, candidate, self._first)
         if (batch_idx + 1) % self.every == 0:
@@ -87,12 +112,12 @@ class FiniteLossGuard(L.Callback):
     def check(self, trainer) -> None:
         if self._first is None:
             return
-        step, term = self._first.tolist()
+        step, batch, term = self._first.tolist()
         if step >= 0:
             ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             raise NonFiniteLossError(
-                f"loss term '{self._terms[term]}' became non-finite at step {step} "
-                f"(epoch {trainer.current_epoch}); training stopped. "
+                f"loss term '{self._terms[term]}' became non-finite at epoch {trainer.current_epoch}, "
+                f"batch {batch} (optimiser step {step}); training stopped. "
                 f"The last good checkpoint, if any, is kept at {ckpt}."
             )
 

@@ -215,6 +215,25 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tmp_path):
     assert status["status"] == "completed" and status["resumed_from"] == str(last)
 
 
+def test_checkpoint_writer_removes_files_of_killed_writers(tmp_path):
+    """A writer killed mid-write leaves ``.last.ckpt.tmp<pid>``; the next save removes it once its
+    process is gone and it is a minute old, and leaves a live process's file and a fresh one alone."""
+    from infocatvae.callbacks import AtomicCheckpointIO
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    last = tmp_path / "last.ckpt"
+    stale, fresh, live = (tmp_path / f".last.ckpt.tmp{pid}" for pid in (dead.pid, dead.pid + 1_000_000, 1))
+    for f in (stale, fresh, live):
+        f.write_bytes(b"half a checkpoint")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, last)
+    assert not stale.exists() and fresh.exists() and live.exists()
+    assert torch.load(last, weights_only=True) == {"epoch": 1}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_sigint_save_checkpoint(tmp_path, sig):
@@ -249,8 +268,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, good_run):
     res = train(run, "trainer.max_epochs=2", "model.beta_cont=1e39")
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
-    # 3 good steps in epoch 0 (the checkpoint), the 4th optimizer step is the first bad one
-    assert "became non-finite at step 4 (epoch 1)" in out and "loss term '" in out, out[-3000:]
+    # 3 good steps in epoch 0 (the checkpoint), the first batch of epoch 1 (the 4th optimiser step) is bad
+    assert "became non-finite at epoch 1, batch 0 (optimiser step 4)" in out and "loss term '" in out, out[-3000:]
     assert (last.stat().st_mtime_ns, last.read_bytes()) == before, "last.ckpt was overwritten after the NaN"
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
