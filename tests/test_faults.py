@@ -95,7 +95,7 @@ def test_unknown_group_option(tmp_path, group):
 
 
 @pytest.mark.parametrize("override, field", [
-    ("model.K=-1", "model.K"), ("model.K=0", "model.K"), ("model.K=ten", "model.K"),
+    ("model.K=0", "model.K"), ("model.K=ten", "model.K"),
     ("model.lam=-2", "model.lam"), ("model.beta_info=abc", "model.beta_info"),
     ("model.optimizer.lr=0", "model.optimizer.lr"), ("data.batch_size=0", "data.batch_size"),
     ("model.K=null", "model.K"), ("model.lam=???", "model.lam"),
