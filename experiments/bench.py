@@ -152,7 +152,8 @@ def data_seconds_per_batch(datamodule, device: torch.device, batches: int) -> fl
     return (time.perf_counter() - t) / batches
 
 
-def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str) -> None:
+def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str,
+                   rounds: int = 7) -> None:
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
     for net in nets:
         steps = steps_mlp if net == "mlp" else steps_gru
@@ -160,10 +161,10 @@ def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, 
             with tempfile.TemporaryDirectory() as out:
                 cfg = compose_cfg(model_name, net, out, data_dir, device_name)
                 torch.manual_seed(0)
-                light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device)
+                light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device, repeats=rounds)
                 data_s = data_seconds_per_batch(dm, device, min(steps, 50))
             emit({"record": "train", "model": model_name, "net": net, "device": str(device),
-                  "batch_size": cfg.data.batch_size, "steps": steps, "bare_img_per_s": round(bare, 1),
+                  "batch_size": cfg.data.batch_size, "steps": steps, "rounds": rounds, "bare_img_per_s": round(bare, 1),
                   "lightning_img_per_s": round(light, 1), "train_ratio_lightning_vs_bare": round(ratio, 3),
                   "data_share": round(data_s / (cfg.data.batch_size / light), 4)})
 
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["mlp", "gru"], choices=["mlp", "gru"])
     parser.add_argument("--steps-mlp", type=int, default=60, help="batches per timed MLP epoch")
     parser.add_argument("--steps-gru", type=int, default=12, help="batches per timed GRU epoch")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="alternating Lightning/bare rounds per model (their median ratio is reported)")
     parser.add_argument("--kde-fit", type=int, default=10000)
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
@@ -269,7 +272,7 @@ def main() -> None:
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
     if "train" not in args.skip:
-        bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device)
+        bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds)
     if "kde" not in args.skip:
         bench_kde(args.kde_fit, args.kde_samples, data_dir, args.device, not args.no_protocol)
 
