@@ -52,7 +52,7 @@ def clustering_scores(true: np.ndarray, pred: np.ndarray, K: int | None = None) 
 # _lse_pruned): about 100 times faster than scikit-learn on 784-D images (experiments/results/bench.md).
 
 DEFAULT_CHUNK = 1024
-# Columns of the pruning embedding: principal directions of the fitted points plus one residual norm.
+# Principal directions in the pruning embedding (which adds one residual norm to them).
 PRUNE_DIMS = 96
 # A kernel is dropped only when it is provably below exp(-PRUNE_NATS) · N⁻¹ times the largest one.
 PRUNE_NATS = 40.0
@@ -68,8 +68,8 @@ def _flat(a, device) -> torch.Tensor:
 class _PruneEmbedding:
     """A lower bound of every squared distance as one small matrix product.
 
-    With an orthonormal basis V (D × k) of principal directions of the fitted points, their mean μ,
-    and R the projection onto the rest of the space, for any x and y
+    With an orthonormal basis V (D × k) of principal directions of the fitted points, a centre μ
+    (their subsample's mean) and R the projection onto the rest of the space, for any x and y
 
         ||y − x||² = ||Vᵀ(y − x)||² + ||R(y − μ) − R(x − μ)||²
                    ≥ ||Vᵀ(y − x)||² + (||R(y − μ)|| − ||R(x − μ)||)²        (reverse triangle inequality)
