@@ -23,6 +23,20 @@ def kl_cat(logits: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * log_q).sum(-1) + math.log(logits.shape[-1])
 
 
+def kl_marginal(logits: torch.Tensor) -> torch.Tensor:
+    """KL(q̄(c) ‖ uniform) = log K − H(q̄), with q̄(c) = mean over the batch of q(c|x): a scalar.
+
+    q̄ is the batch estimate of the aggregate posterior; the term is 0 when the batch is spread
+    evenly over the K categories and log K when every sample goes to the same one, whatever the
+    confidence of each q(c|x) (unlike ``kl_cat``, which is per sample and pushes each q(c|x)
+    towards uniform). ``logits`` is [B, K] (leading axes other than the last are all batch).
+    Computed in float32 from the log-probabilities: log q̄ = logsumexp_b log q(c|x_b) − log B,
+    finite (and with a finite gradient) even where a category's q̄ underflows to 0."""
+    log_q = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
+    log_qbar = torch.logsumexp(log_q, dim=0) - math.log(log_q.shape[0])
+    return (log_qbar.exp() * log_qbar).sum() + math.log(logits.shape[-1])
+
+
 def gaussian_kl(
     mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
 ) -> torch.Tensor:
@@ -49,25 +63,24 @@ def kl_cont(
     return (q_c * gaussian_kl(mu, logvar, prior_means, prior_logvar)).sum(-1)
 
 
-def reconstruction(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli") -> torch.Tensor:
-    """−log p(x|z) up to a constant, summed over the last axis (pixels, or steps × values).
+def reconstruction(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli",
+                   step_size: int = 28) -> torch.Tensor:
+    """−log p(x|z) up to a constant, from the decoder's logits (pre-sigmoid outputs).
 
-    ``bernoulli``: binary cross-entropy on pixel probabilities, the static-image
-    decoder of appendix B. ``gaussian``: the squared error, the sequence loss of
-    appendix C ("the sum of the mean squared error of each time step"). Both
-    tensors are flat in their last axis and broadcast against each other (the
-    marginal reconstruction passes ``x_hat`` [B, K, D] with ``x`` [B, 1, D]).
+    ``bernoulli``: binary cross-entropy of the pixels, summed (the static-image decoder of
+    appendix B), as ``binary_cross_entropy_with_logits``: one fused op, exact where a sigmoid
+    would round to 0 or 1 (no clamp of log 0). ``gaussian``: appendix C's sequence loss, "the sum
+    of the mean squared error of each time step": the squared error of the pixel values
+    sigmoid(logits), averaged over the ``step_size`` values of each step (a 28-pixel row) and
+    summed over the steps. Both tensors are flat in their last axis and broadcast against each
+    other (the marginal reconstruction passes ``logits`` [B, K, D] with ``x`` [B, 1, D]).
     """
-    # In float32 outside autocast: CUDA autocast refuses binary_cross_entropy on half tensors.
-    with torch.autocast(device_type=x_hat.device.type, enabled=False):
-        return _reconstruction(x_hat.float(), x.float().expand_as(x_hat), likelihood)
-
-
-def _reconstruction(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
-    if likelihood == "bernoulli":
-        err = F.binary_cross_entropy(x_hat, x, reduction="none")
-    elif likelihood == "gaussian":
-        err = (x_hat - x).pow(2)
-    else:
+    # In float32 outside autocast: the sums over 784 pixels lose digits in bf16.
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits, x = logits.float(), x.float().expand_as(logits)
+        if likelihood == "bernoulli":
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        if likelihood == "gaussian":
+            err = (torch.sigmoid(logits) - x).pow(2)
+            return err.unflatten(-1, (-1, step_size)).mean(-1).sum(-1)
         raise ValueError(f"model.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
-    return err.sum(-1)

@@ -2,7 +2,9 @@
 
 Every encoder maps a batch of images, (B, 1, 28, 28), (B, 784) or row sequences
 (B, 28, 28), to features ``h`` of width ``out_dim``; every decoder maps codes
-(B, latent_dim) to flat pixel values (B, 784) in [0, 1]. Both families accept
+(B, latent_dim) to flat pixel logits (B, 784): the paper's final sigmoid is
+applied by the models where pixel values are needed (``decode``) and fused into
+the loss otherwise (``losses.reconstruction``). Both families accept
 either data view: the MLP flattens whatever it gets and the GRU reads any
 28×28 image as 28 rows, so ``net`` and ``data`` compose freely.
 """
@@ -27,12 +29,17 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """Table 2, right column: FC d→400 + Dropout(0.25) + ReLU, FC 400→784 + Sigmoid."""
+    """Table 2, right column: FC d→400 + Dropout(0.25) + ReLU, FC 400→784 + Dropout(0.25) + Sigmoid.
 
-    def __init__(self, latent_dim: int, hidden: int = 400, dropout: float = 0.25, out_dim: int = 784) -> None:
+    Returns the logits, before the sigmoid; ``output_dropout`` is the dropout on them (the
+    paper's 0.25; the authors' public code has none)."""
+
+    def __init__(self, latent_dim: int, hidden: int = 400, dropout: float = 0.25, output_dropout: float = 0.25,
+                 out_dim: int = 784) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, out_dim), nn.Sigmoid()
+            nn.Linear(latent_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, out_dim),
+            nn.Dropout(output_dropout),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -55,19 +62,22 @@ class GRUEncoder(nn.Module):
 
 class GRUDecoder(nn.Module):
     """Table 3, right column: FC d→128 gives the initial state; a GRU reads z at each of the
-    28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns (B, steps·row_dim)."""
+    28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns the logits before the
+    sigmoid, (B, steps·row_dim)."""
 
-    def __init__(self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28) -> None:
+    def __init__(self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28,
+                 output_dropout: float = 0.0) -> None:
         super().__init__()
         self.steps = steps
         self.init = nn.Linear(latent_dim, hidden)
         self.gru = nn.GRU(latent_dim, hidden, batch_first=True)
         self.out = nn.Linear(hidden, row_dim)
+        self.drop = nn.Dropout(output_dropout)  # none in Table 3; a field for the same interface as the MLP
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h0 = self.init(z).unsqueeze(0)
         seq, _ = self.gru(z.unsqueeze(1).expand(-1, self.steps, -1), h0)
-        return torch.sigmoid(self.out(F.relu(seq))).flatten(1)
+        return self.drop(self.out(F.relu(seq))).flatten(1)
 
 
 class CategoricalHeads(nn.Module):

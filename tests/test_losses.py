@@ -65,14 +65,37 @@ def test_prior_means_follow_eq_8(K, delta, lam):
     torch.testing.assert_close(gram, torch.eye(K) * lam**2 * delta)
 
 
-def test_reconstruction_bernoulli_and_gaussian_sum_over_pixels():
+def test_reconstruction_from_logits_equals_the_sigmoid_formulation():
+    """The logits loss gives the values of the former formulation (sigmoid, then binary
+    cross-entropy on probabilities) within float tolerance, and stays finite where a float32
+    sigmoid rounds to exactly 0 or 1."""
+    torch.manual_seed(0)
     x = torch.rand(3, 784)
-    x_hat = torch.rand(3, 784).clamp(0.01, 0.99)
-    bce = -(x * x_hat.log() + (1 - x) * (1 - x_hat).log()).sum(-1)
-    torch.testing.assert_close(losses.reconstruction(x_hat, x, "bernoulli"), bce)
-    torch.testing.assert_close(losses.reconstruction(x_hat, x, "gaussian"), ((x_hat - x) ** 2).sum(-1))
+    logits = torch.randn(3, 784) * 3
+    p = torch.sigmoid(logits.double())
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum(-1)  # float64 reference
+    torch.testing.assert_close(losses.reconstruction(logits, x, "bernoulli").double(), bce, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(losses.reconstruction(logits, x, "bernoulli"),
+                               F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(-1),
+                               rtol=1e-4, atol=1e-2)
+    far = torch.full((1, 784), 40.0)  # sigmoid(40) == 1.0 in float32: log(1 - p) = -inf, clamped at -100 before
+    value = losses.reconstruction(far, torch.zeros(1, 784), "bernoulli")
+    assert torch.isfinite(value).all() and value.item() == pytest.approx(784 * 40.0, rel=1e-6)
     with pytest.raises(ValueError, match="model.likelihood must be one of"):
-        losses.reconstruction(x_hat, x, "poisson")
+        losses.reconstruction(logits, x, "poisson")
+
+
+def test_gaussian_reconstruction_is_the_sum_over_steps_of_each_steps_mean_squared_error():
+    """Appendix C: "the sum of the mean squared error of each time step" (28 steps of 28 values)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 28, 28)
+    logits = torch.randn(2, 784)
+    pixels = torch.sigmoid(logits).view(2, 28, 28)
+    expected = torch.stack([sum(F.mse_loss(pixels[b, t], x[b, t]) for t in range(28)) for b in range(2)])
+    torch.testing.assert_close(losses.reconstruction(logits, x.flatten(1), "gaussian"), expected)
+    # 28 times lighter than the sum of all 784 squared errors
+    torch.testing.assert_close(losses.reconstruction(logits, x.flatten(1), "gaussian") * 28,
+                               ((pixels - x) ** 2).flatten(1).sum(-1))
 
 
 def test_heads_equal_a_linear_layer_on_h_and_onehot_c():
@@ -84,3 +107,49 @@ def test_heads_equal_a_linear_layer_on_h_and_onehot_c():
         hc = torch.cat([h, F.one_hot(torch.full((8,), c), 5).float()], -1)
         torch.testing.assert_close(mu[:, c], heads.mu(hc))
         torch.testing.assert_close(logvar[:, c], heads.logvar(hc))
+
+
+def test_kl_marginal_is_log_k_for_one_category_and_zero_for_a_balanced_batch():
+    """KL(q̄(c) ‖ uniform), q̄ the batch mean of q(c|x): log K when every sample is (one-hot) in the
+    same category, 0 when the one-hots cover the categories evenly, although every sample's own
+    kl_cat is log K in both batches."""
+    K = 5
+    same = torch.full((8, K), -1e4)
+    same[:, 2] = 1e4
+    assert losses.kl_marginal(same).item() == pytest.approx(math.log(K), abs=1e-5)
+    balanced = torch.full((2 * K, K), -1e4)
+    balanced[torch.arange(2 * K), torch.arange(2 * K) % K] = 1e4
+    assert losses.kl_marginal(balanced).abs().item() < 1e-6
+    torch.testing.assert_close(losses.kl_cat(balanced), torch.full((2 * K,), math.log(K)))
+    # uniform q(c|x) everywhere: 0 as well; a scalar, in float32 from bf16 logits
+    value = losses.kl_marginal(torch.zeros(4, K, dtype=torch.bfloat16))
+    assert value.dim() == 0 and value.dtype == torch.float32 and value.abs().item() < 1e-6
+
+
+def test_kl_marginal_value_and_gradient_match_an_independent_formula():
+    torch.manual_seed(0)
+    B, K = 16, 7
+    logits = (3 * torch.randn(B, K, dtype=torch.float64)).requires_grad_()
+    value = losses.kl_marginal(logits)
+    (grad,) = torch.autograd.grad(value, logits)
+    # reference: float64 softmax, mean over the batch, KL to the uniform with torch's kl_div
+    ref_logits = logits.detach().clone().requires_grad_()
+    qbar = ref_logits.softmax(-1).mean(0)
+    ref = F.kl_div(torch.full_like(qbar, -math.log(K)), qbar, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    torch.testing.assert_close(value.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+    # and the closed form: d/dlogits[b, j] = q[b, j] (log q̄_j − Σ_k q[b, k] log q̄_k) / B
+    q = logits.detach().softmax(-1)
+    log_qbar = q.mean(0).log()
+    closed = q * (log_qbar - (q * log_qbar).sum(-1, keepdim=True)) / B
+    torch.testing.assert_close(grad.double(), closed, rtol=1e-4, atol=1e-7)
+
+
+def test_kl_marginal_gradient_is_finite_where_a_category_is_empty():
+    logits = torch.full((4, 3), -1e4)
+    logits[:, 0] = 1e4  # q̄ = (1, 0, 0) in float32: log 0 in a naive formula
+    logits.requires_grad_()
+    value = losses.kl_marginal(logits)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()

@@ -77,6 +77,50 @@ def test_info_gradient_reaches_decoder_and_encoder(tmp_path):
     assert m.heads.classifier.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("info_loss", ["ce", "ce_on_probs"])
+def test_info_term_is_the_configured_cross_entropy(info_loss, images, tmp_path, monkeypatch):
+    """``ce``: −log q(c|x̃) from the logits (eq. 7); ``ce_on_probs``: the authors' cross_entropy applied
+    to the probabilities q(c|x̃). Each added to the loss with weight beta_info."""
+    m = build(f"model=infocatvae model.info_loss={info_loss} model.beta_info=3", tmp_path).eval()
+    x = batch(images, False)
+    c = torch.tensor([0, 1, 2, 3])
+    logits = torch.tensor([[4.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]).repeat(4, 1)
+    monkeypatch.setattr(m, "info_logits", lambda n: (c, logits))
+    q = logits.softmax(-1)
+    expected = -(q if info_loss == "ce" else q.softmax(-1)).log()[torch.arange(4), c].mean()
+    torch.manual_seed(0)
+    terms = m.losses(x)
+    torch.testing.assert_close(terms["info"], expected)
+    torch.manual_seed(0)
+    base = CatVAE.losses(m, x)
+    torch.testing.assert_close(terms["loss"], base["loss"] + 3 * expected)
+
+
+def test_info_per_category_draws_each_category_equally(tmp_path):
+    m = build("model=infocatvae model.info_per_category=10", tmp_path)
+    c, logits = m.info_logits(128)
+    assert logits.shape == (100, 10) and torch.bincount(c, minlength=10).tolist() == [10] * 10
+    c, logits = build("model=infocatvae", tmp_path).info_logits(128)  # default: one per batch element
+    assert logits.shape == (128, 10)
+
+
+@pytest.mark.parametrize("overrides,share", [("", 0.25), ("model.net.decoder.output_dropout=0", 0.0),
+                                             ("net=gru data=seq_mnist", 0.0)])
+def test_decoder_output_dropout(overrides, share, tmp_path):
+    """Table 2's Dropout(0.25) on the MLP decoder's output (before the sigmoid) zeroes about a quarter
+    of the logits in training and none in evaluation; the authors' code and Table 3 have none."""
+    m = build(f"model=catvae {overrides}", tmp_path)
+    z = torch.randn(64, 20)
+    m.train()
+    zeros = (m.decode_logits(z) == 0).float().mean().item()
+    assert zeros == pytest.approx(share, abs=0.02)
+    m.eval()
+    assert (m.decode_logits(z) == 0).float().mean().item() == 0.0
+    pixels = m.decode(z)
+    assert pixels.min() >= 0 and pixels.max() <= 1
+    torch.testing.assert_close(pixels, torch.sigmoid(m.decode_logits(z)))
+
+
 def test_dropout_is_off_in_eval_mode(images, tmp_path):
     m = build("model=catvae", tmp_path)
     x = batch(images, False)
@@ -191,6 +235,8 @@ def test_aae_reconstruction_falls(images, tmp_path):
     ("model.beta_info=-3", "model.beta_info must be a number >= 0"),
     ("model.optimizer.lr=0", "model.optimizer.lr must be a number > 0"),
     ("model.recon=hard", "model.recon must be one of \\['marginal', 'soft'\\]"),
+    ("model.info_loss=mse", "model.info_loss must be one of \\['ce', 'ce_on_probs'\\]"),
+    ("model.info_per_category=0", "model.info_per_category must be null or an integer >= 1"),
     ("model.lam=abc", "model.lam must be a number >= 0"),
 ])
 def test_invalid_hyperparameters_name_the_field(override, message, tmp_path):
@@ -200,3 +246,112 @@ def test_invalid_hyperparameters_name_the_field(override, message, tmp_path):
 
 def test_model_classes():
     assert issubclass(InfoCatVAE, CatVAE) and issubclass(FreePriorCatVAE, CatVAE)
+
+
+# ---- balanced-category term and KL warm-up ---------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free"])
+def test_marginal_term_is_logged_always_and_weighted_by_beta_marginal(model, images, tmp_path):
+    """``marginal`` = KL(batch mean of q(c|x) ‖ uniform) is in the terms of every CatVAE model; it enters
+    the loss only with beta_marginal > 0 (0, the paper's objective, by default)."""
+    from infocatvae import losses as L
+
+    x = batch(images, False)
+    for beta in (0.0, 2.5):
+        torch.manual_seed(0)
+        m = build(f"model={model} model.beta_marginal={beta}", tmp_path).eval()
+        assert m.hparams.beta_marginal == beta
+        torch.manual_seed(1)
+        terms = m.losses(x)
+        logits = m.heads.logits(m.encoder(x))
+        torch.testing.assert_close(terms["marginal"], L.kl_marginal(logits))
+        assert terms["marginal"].dim() == 0 and 0 <= terms["marginal"].item() <= torch.log(torch.tensor(10.0))
+        expected = terms["recon"] + 10 * terms["kl_cat"] + 10 * terms["kl_cont"] + beta * terms["marginal"]
+        if model == "infocatvae":
+            expected = expected + 100 * terms["info"]
+        torch.testing.assert_close(terms["loss"], expected)
+        assert "kl_weight" not in terms  # no trainer, no warm-up: full weights, nothing to log
+    # per_sample_terms stays per sample (test ELBOs): no batch-level term there
+    assert set(m.per_sample_terms(x)) == {"recon", "kl_cat", "kl_cont"}
+
+
+def test_marginal_gradient_reaches_the_classifier(images, tmp_path):
+    m = build("model=catvae model.beta_marginal=1", tmp_path)
+    m.losses(batch(images, False))["marginal"].backward()
+    assert m.heads.classifier.weight.grad.abs().sum() > 0
+    assert m.decoder.net[0].weight.grad is None  # q(c|x) only: the decoder is not involved
+
+
+def test_kl_warmup_factor_follows_the_trainers_epoch_or_step(images, tmp_path):
+    """min(1, epoch / W) or min(1, step / S) on training steps; 1 with no trainer, outside training
+    (validation), and with no warm-up set. The factor multiplies beta_cat and beta_cont only."""
+    from types import SimpleNamespace
+
+    x = batch(images, False)
+    m = build("model=infocatvae model.kl_warmup_epochs=4 model.beta_marginal=3", tmp_path).eval()
+    assert m.kl_weight() == 1.0  # no trainer attached
+    for epoch, w in [(0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (9, 1.0)]:
+        m.trainer = SimpleNamespace(training=True, current_epoch=epoch, global_step=1000)
+        assert m.kl_weight() == w
+        torch.manual_seed(0)
+        terms = m.losses(x)
+        assert terms["kl_weight"].item() == w
+        expected = (terms["recon"] + w * (10 * terms["kl_cat"] + 10 * terms["kl_cont"]) + 3 * terms["marginal"]
+                    + 100 * terms["info"])
+        torch.testing.assert_close(terms["loss"], expected)
+    m.trainer = SimpleNamespace(training=False, current_epoch=0, global_step=0)  # validating
+    assert m.kl_weight() == 1.0 and "kl_weight" not in m.losses(x)
+
+    m = build("model=catvae model.kl_warmup_steps=10", tmp_path).eval()
+    for step, w in [(0, 0.0), (1, 0.1), (5, 0.5), (10, 1.0), (11, 1.0)]:
+        m.trainer = SimpleNamespace(training=True, current_epoch=7, global_step=step)
+        assert m.kl_weight() == w
+        torch.manual_seed(0)
+        terms = m.losses(x)
+        torch.testing.assert_close(terms["loss"], terms["recon"] + w * (10 * terms["kl_cat"] + 10 * terms["kl_cont"]))
+
+    m = build("model=catvae", tmp_path)  # no warm-up: full weights in training, no kl_weight term
+    m.trainer = SimpleNamespace(training=True, current_epoch=0, global_step=0)
+    assert m.kl_weight() == 1.0 and "kl_weight" not in m.losses(x)
+
+
+def test_kl_warmup_in_a_real_trainer_logs_kl_weight_and_validates_with_full_weights(images, tmp_path):
+    """Two epochs of two steps with kl_warmup_epochs=2: factor 0 then 0.5 on training steps, logged as
+    train/kl_weight; validation (and so val/loss and the best checkpoint) uses the full objective."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    m = build("model=catvae model.kl_warmup_epochs=2", tmp_path)
+    x, y = batch(images, False), images[1]
+    seen: dict[str, list] = {"train": [], "val": []}
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["train"].append((trainer.current_epoch, outputs["kl_weight"].item()))
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["val"].append(pl_module.kl_weight())
+
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+                        limit_val_batches=1, log_every_n_steps=1, callbacks=[Record()])
+    trainer.fit(m, train_dataloaders=loader, val_dataloaders=loader)
+    assert seen["train"] == [(0, 0.0), (0, 0.0), (1, 0.5), (1, 0.5)]
+    assert seen["val"] and set(seen["val"]) == {1.0}
+    metrics = trainer.callback_metrics
+    assert metrics["train/kl_weight_epoch"].item() == 0.5 and "val/kl_weight" not in metrics
+    assert "train/marginal_epoch" in metrics and "val/marginal" in metrics
+    assert m.kl_weight() == 1.0  # after fit: the trainer is still attached but not training
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.beta_marginal=-1", "model.beta_marginal must be a number >= 0"),
+    ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs must be an integer >= 0"),
+    ("model.kl_warmup_steps=2.5", "model.kl_warmup_steps must be an integer >= 0"),
+    ("model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
+     "model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got 5 and 100"),
+])
+def test_invalid_balance_and_warmup_settings_name_the_field(override, message, tmp_path):
+    with pytest.raises(Exception, match=message):
+        build(f"model=infocatvae {override}", tmp_path)

@@ -91,7 +91,7 @@ class AAE(BaseModel):
 
     def recon_loss(self, x: torch.Tensor) -> torch.Tensor:
         y, z = self._codes(x)
-        return L.reconstruction(self.decode(self._decoder_input(y, z)), x.flatten(1), self.likelihood).mean()
+        return L.reconstruction(self.decode_logits(self._decoder_input(y, z)), x.flatten(1), self.likelihood).mean()
 
     def generator_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Regularisation phase: the encoder's codes should be taken for prior draws."""

@@ -4,7 +4,7 @@ Each model (pythae style) only states what differs: its heads, its latent code
 and its loss terms in ``losses``. The public API, the same on every model:
 
 - ``encode(x) -> (q_c [B, K], mu [B, K, d], logvar [B, K, d] or None)``
-- ``decode(z) -> pixel values (B, 784) in [0, 1]``
+- ``decode(z) -> pixel values (B, 784) in [0, 1]``; ``decode_logits(z)`` before the sigmoid
 - ``sample(c) -> images (B, 1, 28, 28)`` for category indices ``c``
 - ``reconstruct(x) -> images (B, 1, 28, 28)``, ``embed(x) -> codes (B, d)``
 - ``losses(x) -> dict`` of batch means, with at least ``loss`` and ``recon``
@@ -83,10 +83,14 @@ class BaseModel(L.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel values (B, 784) in [0, 1] for codes z (B, latent); extra leading axes are kept."""
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's pixel logits (B, 784) for codes z (B, latent); extra leading axes are kept."""
         lead = z.shape[:-1]
         return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*lead, -1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel values (B, 784) in [0, 1]: the sigmoid of ``decode_logits``."""
+        return torch.sigmoid(self.decode_logits(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.embed(x)).view(-1, *IMAGE_SHAPE)
@@ -105,7 +109,7 @@ class BaseModel(L.LightningModule):
 
     def log_terms(self, stage: str, terms: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """``train/<term>_step`` on the trainer's logging steps and ``train/<term>_epoch`` at each epoch's end;
-        ``val/<term>`` per validation epoch.
+        ``val/<term>`` (``test/<term>``) per validation (test) epoch.
 
         Training terms are summed on the device and handed to ``self.log`` only when the logger writes:
         each ``self.log`` call costs about a millisecond of Python in Lightning 2.x (it walks the
@@ -145,14 +149,28 @@ class BaseModel(L.LightningModule):
         return terms
 
     def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        """The 10K test images through the same terms and clustering scores as validation, under ``test/``."""
+        self._eval_step("test", batch)
+
+    def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
         terms = self.losses(x)
-        self.log_terms("val", terms, len(x))
+        self.log_terms(stage, terms, len(x))
         if self.K > 1:
             self._val_pred.append(self.cluster(x))
             self._val_true.append(y)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_clustering("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_clustering("test")
+
+    def _log_clustering(self, stage: str) -> None:
+        """``<stage>/cluster_acc`` and ``<stage>/nmi`` of argmax q(c|x) over the whole epoch."""
         if not self._val_pred:
             return
         pred = self.all_gather(torch.cat(self._val_pred)).flatten().cpu().numpy()
@@ -161,8 +179,8 @@ class BaseModel(L.LightningModule):
         self._val_true.clear()
         scores = metrics.clustering_scores(true, pred, K=self.K)
         # rank_zero_only: the values are already gathered from every process.
-        self.log("val/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
-        self.log("val/nmi", float(scores["nmi"]), rank_zero_only=True)
+        self.log(f"{stage}/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
+        self.log(f"{stage}/nmi", float(scores["nmi"]), rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[MODEL_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"

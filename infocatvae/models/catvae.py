@@ -20,10 +20,19 @@ class CatVAE(BaseModel):
 
     Loss, as batch means (eqs. 3 and 5, Proposition 1)::
 
-        loss = recon + beta_cat * kl_cat + beta_cont * kl_cont
+        loss = recon + w · beta_cat * kl_cat + w · beta_cont * kl_cont + beta_marginal * marginal
 
     - ``kl_cat`` = KL(q(c|x) ‖ p(c)) = log K − H(q(c|x));
     - ``kl_cont`` = Σ_c q(c|x) · KL(q(z|x,c) ‖ N(µ_c, I)), in closed form;
+    - ``marginal`` = KL(q̄(c) ‖ p(c)) = log K − H(q̄), q̄ = the batch mean of q(c|x) (the batch
+      estimate of the aggregate posterior; per process under DDP): 0 for a batch spread evenly over
+      the categories, log K for a batch all in one. Not in the paper's objective (``beta_marginal``
+      is 0 by default) but always logged, as a measure of cluster balance; with ``beta_marginal > 0``
+      it is the "evenly distributed" pressure the paper ascribes to its entropy term, which
+      ``kl_cat``, being per sample, does not exert on the batch as a whole;
+    - ``w`` = ``kl_weight()``, the KL warm-up factor (1 unless ``kl_warmup_epochs`` or
+      ``kl_warmup_steps`` is set; it weights only the two KL terms of the ELBO, not ``marginal``
+      nor InfoCatVAE's ``info``), logged as ``kl_weight`` on training steps while a warm-up is set;
     - ``recon``: with ``recon="marginal"`` (the paper's eq. 3 under q(c|x) q(z|x,c), section 6),
       Σ_c q(c|x) · −log p(x | z_c), z_c ~ q(z|x,c) reparameterised, all K decoder passes in one
       batched call; with ``recon="soft"`` (the authors' public code), one z drawn from the
@@ -41,6 +50,9 @@ class CatVAE(BaseModel):
         beta_cont: float = 10.0,
         recon: str = "marginal",
         likelihood: str = "bernoulli",
+        beta_marginal: float = 0.0,
+        kl_warmup_epochs: int = 0,
+        kl_warmup_steps: int = 0,
         learn_prior: bool = False,
         learn_prior_logvar: bool = False,
         prior_init: str = "block",
@@ -50,6 +62,16 @@ class CatVAE(BaseModel):
         require("model.lam", is_number(lam) and lam >= 0, "a number >= 0", lam)
         require("model.beta_cat", is_number(beta_cat) and beta_cat >= 0, "a number >= 0", beta_cat)
         require("model.beta_cont", is_number(beta_cont) and beta_cont >= 0, "a number >= 0", beta_cont)
+        require("model.beta_marginal", is_number(beta_marginal) and beta_marginal >= 0, "a number >= 0",
+                beta_marginal)
+        require("model.kl_warmup_epochs", is_int(kl_warmup_epochs) and kl_warmup_epochs >= 0, "an integer >= 0",
+                kl_warmup_epochs)
+        require("model.kl_warmup_steps", is_int(kl_warmup_steps) and kl_warmup_steps >= 0, "an integer >= 0",
+                kl_warmup_steps)
+        if kl_warmup_epochs > 0 and kl_warmup_steps > 0:
+            raise ValueError(f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got "
+                             f"{kl_warmup_epochs} and {kl_warmup_steps}: warm up over epochs or over steps, "
+                             f"and set the other to 0")
         require("model.recon", recon in RECON_MODES, f"one of {list(RECON_MODES)}", recon)
         require("model.prior_init", prior_init in MixturePrior.INITS, f"one of {list(MixturePrior.INITS)}",
                 prior_init)
@@ -90,25 +112,64 @@ class CatVAE(BaseModel):
 
     def per_sample_terms(self, x: torch.Tensor, recon: str | None = None) -> dict[str, torch.Tensor]:
         """``recon``, ``kl_cat`` and ``kl_cont`` per sample (shape [B]); ``recon`` defaults to the config's."""
+        return self._per_sample_terms(x, recon)[0]
+
+    def _per_sample_terms(self, x: torch.Tensor, recon: str | None = None
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``per_sample_terms`` and the logits of q(c|x) they came from."""
         h, logits, mu, logvar = self._encode(x)
         q_c = logits.softmax(-1)
         x_flat = x.flatten(1)
         if (recon or self.hparams.recon) == "marginal":
-            x_hat = self.decode(self.reparameterise(mu, logvar))  # [B, K, 784]: one batched decoder call
-            rec = (q_c * L.reconstruction(x_hat, x_flat.unsqueeze(1), self.likelihood)).sum(-1)
+            logits_x = self.decode_logits(self.reparameterise(mu, logvar))  # [B, K, 784]: one batched call
+            rec = (q_c * L.reconstruction(logits_x, x_flat.unsqueeze(1), self.likelihood)).sum(-1)
         else:
             mu_s, logvar_s = self.heads.gaussian_soft(h, q_c)
-            rec = L.reconstruction(self.decode(self.reparameterise(mu_s, logvar_s)), x_flat, self.likelihood)
+            rec = L.reconstruction(self.decode_logits(self.reparameterise(mu_s, logvar_s)), x_flat, self.likelihood)
         return {
             "recon": rec,
             "kl_cat": L.kl_cat(logits),
             "kl_cont": L.kl_cont(q_c, mu, logvar, self.prior.means, self.prior.logvar),
-        }
+        }, logits
+
+    def kl_weight(self) -> float:
+        """The KL warm-up factor ``w`` that multiplies ``beta_cat`` and ``beta_cont``, in [0, 1].
+
+        With ``kl_warmup_epochs = W > 0``: ``min(1, e / W)`` in the 0-based training epoch ``e``
+        (``trainer.current_epoch``): 0 for the whole first epoch, 1/W for the second, ..., full from
+        epoch W on. With ``kl_warmup_steps = S > 0``: ``min(1, s / S)`` at optimiser step ``s``
+        (``trainer.global_step``, 0 at the first step): full from step S on. Both counters are
+        restored from checkpoints, so a resumed run continues the schedule.
+
+        1 (full weights) when no warm-up is set, outside training steps (validation, test, the sanity
+        check: so ``val/loss``, which picks the best checkpoint, always has the full objective) and
+        when no trainer is attached (``losses`` called directly)."""
+        if not self.warming_up():
+            return 1.0
+        hp, trainer = self.hparams, self._trainer
+        if hp.kl_warmup_epochs > 0:
+            return min(1.0, trainer.current_epoch / hp.kl_warmup_epochs)
+        return min(1.0, trainer.global_step / hp.kl_warmup_steps)
+
+    def warming_up(self) -> bool:
+        """Whether a warm-up is set and a training step of a trainer runs now (``kl_weight`` follows the schedule)."""
+        hp = self.hparams
+        trainer = self._trainer  # the ``trainer`` property raises when none is attached
+        return (hp.kl_warmup_epochs > 0 or hp.kl_warmup_steps > 0) and trainer is not None and trainer.training
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = {k: v.mean() for k, v in self.per_sample_terms(x).items()}
+        per_sample, logits = self._per_sample_terms(x)
+        terms = {k: v.mean() for k, v in per_sample.items()}
+        terms["marginal"] = L.kl_marginal(logits)
         hp = self.hparams
-        terms["loss"] = terms["recon"] + hp.beta_cat * terms["kl_cat"] + hp.beta_cont * terms["kl_cont"]
+        w = self.kl_weight()
+        # w * beta is a Python float: with w = 1 the loss is bit-identical to the unweighted sum.
+        terms["loss"] = terms["recon"] + w * hp.beta_cat * terms["kl_cat"] + w * hp.beta_cont * terms["kl_cont"]
+        if hp.beta_marginal:
+            terms["loss"] = terms["loss"] + hp.beta_marginal * terms["marginal"]
+        if self.warming_up():
+            # a fill kernel on the loss's device: no host-to-device copy
+            terms["kl_weight"] = torch.full((), w, device=terms["loss"].device)
         return terms
 
     def elbo(self, x: torch.Tensor) -> torch.Tensor:

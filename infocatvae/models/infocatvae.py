@@ -7,31 +7,48 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from infocatvae.models.base import is_number, require
+from infocatvae.models.base import is_int, is_number, require
 from infocatvae.models.catvae import CatVAE
+
+INFO_LOSSES = ("ce", "ce_on_probs")
 
 
 class InfoCatVAE(CatVAE):
     """CatVAE with ``beta_info * info`` added to its loss (eqs. 6 and 7).
 
-    ``info``: draw c ~ p(c) uniform (one per batch element), z ~ N(µ_c, I), x̃ = decoder(z);
-    the cross-entropy of c under q(c|x̃), i.e. −E[log q(c|x̃)], a Monte Carlo estimate of the
-    negative of term (7). Nothing is detached: its gradient reaches decoder and encoder.
+    ``info``: draw c ~ p(c) uniform, z ~ N(µ_c, I), x̃ = decoder(z); then, with
+    ``info_loss="ce"`` (eq. 7), the cross-entropy of c under q(c|x̃), i.e. −E[log q(c|x̃)], a
+    Monte Carlo estimate of the negative of term (7). ``info_loss="ce_on_probs"`` is the authors'
+    public code: ``cross_entropy`` applied to the probabilities q(c|x̃) as if they were logits,
+    i.e. −log softmax(q(c|x̃))_c, a bounded surrogate whose gradient vanishes as q(c|x̃) sharpens.
+    One draw per batch element (``info_per_category: null``), or exactly ``info_per_category``
+    draws of each category (the authors' code: 10 of each). Nothing is detached: the gradient
+    reaches decoder and encoder.
     """
 
-    def __init__(self, net: Mapping, optimizer: Mapping, beta_info: float = 100.0, **kwargs) -> None:
+    def __init__(self, net: Mapping, optimizer: Mapping, beta_info: float = 100.0, info_loss: str = "ce",
+                 info_per_category: int | None = None, **kwargs) -> None:
         require("model.beta_info", is_number(beta_info) and beta_info >= 0, "a number >= 0", beta_info)
+        require("model.info_loss", info_loss in INFO_LOSSES, f"one of {list(INFO_LOSSES)}", info_loss)
+        require("model.info_per_category", info_per_category is None or (is_int(info_per_category)
+                and info_per_category >= 1), "null or an integer >= 1", info_per_category)
         super().__init__(net, optimizer, **kwargs)
 
     def info_logits(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Categories c ~ uniform and the classifier logits of q(c|x̃) on their generated x̃."""
-        c = torch.randint(self.K, (batch_size,), device=self.device)
+        """Categories c and the classifier logits of q(c|x̃) on their generated x̃."""
+        n = self.hparams.info_per_category
+        if n is None:
+            c = torch.randint(self.K, (batch_size,), device=self.device)
+        else:
+            c = torch.arange(self.K, device=self.device).repeat(n)
         x_gen = self.decode(self.prior.sample(c))
         return c, self.heads.logits(self.encoder(x_gen))
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = super().losses(x)
         c, logits = self.info_logits(len(x))
-        terms["info"] = F.cross_entropy(logits, c)
+        if self.hparams.info_loss == "ce_on_probs":
+            logits = logits.float().softmax(-1)
+        terms["info"] = F.cross_entropy(logits.float(), c)
         terms["loss"] = terms["loss"] + self.hparams.beta_info * terms["info"]
         return terms
