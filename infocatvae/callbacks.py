@@ -169,6 +169,25 @@ class InterruptCheckpoint(L.Callback):
                         trainer.current_epoch, trainer.global_step)
 
 
+class EpochSnapshots(L.Callback):
+    """Keeps ``epochNNNN.ckpt`` after every ``every_n_epochs``-th epoch (0: off), NNNN counting epochs
+    from 1 as ``status.json`` does, so that a run can be evaluated at several points of its training.
+
+    Lightning's ModelCheckpoint names files by its 0-based epoch index (``epoch=9`` after the 10th
+    epoch); this one-method callback names them by epochs completed instead.
+    """
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 0) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
+            raise ValueError(f"callbacks.snapshots.every_n_epochs must be an integer >= 0, got {every_n_epochs!r}")
+        self.dirpath, self.every = Path(dirpath), every_n_epochs
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        done = trainer.current_epoch + 1
+        if self.every and not trainer.sanity_checking and done % self.every == 0:
+            trainer.save_checkpoint(self.dirpath / f"epoch{done:04d}.ckpt")
+
+
 class ImageLogger(L.Callback):
     """TensorBoard image grids on each validation epoch: reconstructions beside their inputs,
     class-conditional samples (one row per category) and the decoded centroids µ_c."""

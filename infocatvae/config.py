@@ -4,6 +4,7 @@ folder of a checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -22,6 +23,14 @@ def run_dir_of(ckpt_path: str | Path) -> Path | None:
     if parent.name == "checkpoints" and (parent.parent / ".hydra").is_dir():
         return parent.parent
     return None
+
+
+def instantiate_all(group: Any) -> list[Any]:
+    """The objects of a config group of named entries (``callbacks``, ``logger``); an entry set to
+    null is turned off (``callbacks: {images: null}`` in a config file, where no key can be deleted)."""
+    import hydra.utils
+
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
 
 
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)

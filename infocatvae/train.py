@@ -7,12 +7,9 @@ and ``status.json``; running the same command again resumes from ``last.ckpt``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import signal
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,81 +17,48 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
-from infocatvae.config import CONFIG_DIR, run_dir_of
-from infocatvae.models import CheckpointError, read_checkpoint
+from infocatvae.config import CONFIG_DIR, instantiate_all
+from infocatvae.models import CheckpointError, check_compatible, read_checkpoint
 from infocatvae.models.base import MODEL_KEY
+from infocatvae.runs import (RunLock, check_output_dir, is_own, last_ckpt, read_status,  # noqa: F401 (read_status: API)
+                             write_status)
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
-MIN_FREE_BYTES = 200 * 2**20  # a few checkpoints and event files
+def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
+    """The checkpoint to resume from, checked against the configured model before anything is written.
 
+    - no ``ckpt_path``: this run's own ``last.ckpt`` when it has one, else none (a fresh start);
+    - ``ckpt_path`` in this run's ``checkpoints/``: that file;
+    - ``ckpt_path`` elsewhere (another run): the starting point of this run, which trains and writes
+      in its own folder and only reads the other; once this run has its own ``last.ckpt``, running
+      the same command again resumes that instead.
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_status(run_dir: Path, **fields: Any) -> None:
-    """Update ``status.json`` in the run folder (written to a temporary file, then renamed).
-
-    Only the process of global rank 0 writes (the other processes of a DDP job do nothing)."""
-    if rank_zero_only.rank != 0:
-        return
-    path = Path(run_dir) / STATUS_FILE
-    status = {**read_status(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def check_output_dir(run_dir: Path) -> None:
-    """Fail now, not after an epoch, when the run folder cannot be written or the disk is full."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise RuntimeError(f"the output folder {run_dir} cannot be written ({err.strerror or err}); "
-                           f"choose another with hydra.run.dir=<folder> or paths.log_dir=<folder>") from err
-    free = shutil.disk_usage(run_dir).free
-    if free < MIN_FREE_BYTES:
-        raise RuntimeError(f"the disk holding {run_dir} has {free / 2**20:.0f} MiB free; "
-                           f"at least {MIN_FREE_BYTES // 2**20} MiB are needed for checkpoints and logs")
-
-
-def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path`` when given, else this run's own ``last.ckpt``.
-
-    Checks that it can be read and holds the configured model class before any training, and logs
-    where training resumes.
+    A checkpoint of another model class, or whose parameters do not fit the configured model
+    (K, δ, widths, the net), is refused with a message naming the fields; other hyperparameter
+    changes (λ, β, lr) are logged and allowed.
     """
-    explicit = cfg.get("ckpt_path")
-    path = Path(explicit) if explicit else run_dir / "checkpoints" / "last.ckpt"
+    explicit, own_last = cfg.get("ckpt_path"), last_ckpt(run_dir)
+    if explicit and not is_own(explicit, run_dir) and own_last.exists():
+        log.info("%s already has %s: resuming it (ckpt_path=%s was its starting point)", run_dir, own_last, explicit)
+        explicit = None
+    path = Path(explicit) if explicit else own_last
     if not explicit and not path.exists():
         return None
     ckpt = read_checkpoint(path)  # CheckpointError names the file
-    if hydra.utils.get_class(ckpt[MODEL_KEY]) is not hydra.utils.get_class(cfg.model._target_):
+    if hydra.utils.get_class(ckpt[MODEL_KEY]) is not type(model):
         raise CheckpointError(f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
                               f"{cfg.model._target_}; choose the matching model=... or another checkpoint")
+    check_compatible(ckpt, model, path)
     log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
     return str(path)
-
-
-def run_folder(cfg: DictConfig) -> Path:
-    """The job's folder; resuming an explicit ``ckpt_path`` of another run continues in that run's folder."""
-    explicit = cfg.get("ckpt_path")
-    return (run_dir_of(explicit) if explicit else None) or Path(cfg.paths.output_dir)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -146,16 +110,41 @@ def check_strategy(cfg: DictConfig) -> None:
                              "hydra.launcher.tasks_per_node equal to trainer.devices")
 
 
+def cpu_threads(cfg: DictConfig) -> int:
+    """torch's CPU thread count for this job: ``threads``, else ``$SLURM_CPUS_PER_TASK``, else the submitit
+    launcher's ``cpus_per_task``, else every core this process may use (``os.sched_getaffinity``)."""
+    if cfg.get("threads") is not None:
+        if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 1:
+            raise ValueError(f"threads must be null or an integer >= 1, got {cfg.threads!r}")
+        return cfg.threads
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher_cpus = HydraConfig.get().launcher.get("cpus_per_task")
+    except (ValueError, AttributeError):  # no Hydra (train() called directly), or a launcher without the field
+        launcher_cpus = None
+    return int(launcher_cpus) if launcher_cpus else len(os.sched_getaffinity(0))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one job; returns its final metrics (validation, and test when ``test=true``)."""
-    run_dir = run_folder(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
+    # A job writes only in its own folder, which it owns while it runs; a ckpt_path of another run is only read.
+    run_dir = Path(cfg.paths.output_dir)
+    torch.set_num_threads(cpu_threads(cfg))
     check_output_dir(run_dir)
+    with RunLock(run_dir):
+        return _train_locked(cfg, run_dir)
 
+
+def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """``train`` once this process owns ``run_dir``: skip, or build, check, fit and record the status."""
     status = read_status(run_dir)
     max_epochs = cfg.trainer.get("max_epochs")
-    if status.get("status") == "completed" and status.get("max_epochs") == max_epochs and not cfg.get("ckpt_path"):
+    explicit = cfg.get("ckpt_path")
+    if (status.get("status") == "completed" and status.get("max_epochs") == max_epochs
+            and not (explicit and is_own(explicit, run_dir))):
         log.info("Job in %s already completed %s epochs; skipping (delete its status.json to retrain)",
                  run_dir, max_epochs)
         return status.get("metrics", {})
@@ -168,9 +157,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
-        ckpt_path = resolve_checkpoint(cfg, run_dir)
-        callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
-        loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+        ckpt_path = resolve_checkpoint(cfg, run_dir, model)
+        callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
         check_strategy(cfg)
@@ -179,12 +167,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)
         if not ckpt_path:
             log.info("Starting %s from scratch", run_dir)
+        log.info("torch CPU threads: %d", torch.get_num_threads())
         fit_model = torch.compile(model) if cfg.get("compile") else model
 
         write_status(run_dir, status="running", model=cfg.model._target_, max_epochs=max_epochs,
                      resumed_from=ckpt_path, error=None)
         # In-memory batches need no worker processes (see data.py).
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        # resuming into the run's own checkpoints/ folder is the point, not a mistake
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt

@@ -11,7 +11,7 @@ import pytest
 import torch
 from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE, load_model
 from infocatvae.train import read_status, train
-from tests.conftest import DATA_DIR, TINY, make_cfg
+from tests.conftest import DATA_DIR, IMAGES, TINY, make_cfg
 
 MODELS = {"catvae": CatVAE, "infocatvae": InfoCatVAE, "catvae_free": FreePriorCatVAE, "aae": AAE}
 
@@ -73,7 +73,7 @@ def test_short_training_writes_checkpoint_and_events_then_resumes(model, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free", "aae model.K=10"])
 def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
-    train(make_cfg([*TINY, *f"model={model}".split(), "net=gru", "data=seq_mnist"], tmp_path))
+    train(make_cfg([*TINY, *IMAGES, *f"model={model}".split(), "net=gru", "data=seq_mnist"], tmp_path))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     m = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert type(m.encoder).__name__ == "GRUEncoder" and m.likelihood == "gaussian"
@@ -91,7 +91,7 @@ def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
 def test_tensorboard_holds_losses_clustering_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(make_cfg([*TINY, "model=infocatvae"], tmp_path))
+    train(make_cfg([*TINY, *IMAGES, "model=infocatvae"], tmp_path))
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
@@ -102,18 +102,15 @@ def test_tensorboard_holds_losses_clustering_and_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_explicit_ckpt_path_resumes_in_the_checkpoints_run_folder(tmp_path):
-    first = tmp_path / "first"
-    subprocess.run([sys.executable, "-m", "infocatvae.train", *TINY, "model=catvae", f"paths.data_dir={DATA_DIR}",
-                    f"hydra.run.dir={first}"], check=True, capture_output=True)
-    ckpt = first / "checkpoints" / "last.ckpt"
-    out = subprocess.run([sys.executable, "-m", "infocatvae.train", *TINY, "trainer.max_epochs=2", "model=catvae",
-                          f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={tmp_path / 'second'}", f"ckpt_path={ckpt}"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"Resuming from {ckpt}" in out.stdout + out.stderr
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
-    assert read_status(first)["status"] == "completed"
+def test_test_true_scores_the_test_images_like_validation(tmp_path):
+    """``test=true``: after training, the 10K test images go through the same terms and clustering
+    scores as validation, under ``test/``; returned by ``train`` and kept in ``status.json``."""
+    metrics = train(make_cfg([*TINY, "model=infocatvae", "test=true", "trainer.limit_test_batches=null"], tmp_path))
+    for term in ("loss", "recon", "kl_cat", "kl_cont", "info", "marginal", "cluster_acc", "nmi"):
+        assert f"test/{term}" in metrics and f"val/{term}" in metrics, term
+    assert metrics["test/loss"] != metrics["val/loss"]  # other images
+    status = read_status(tmp_path)
+    assert status["status"] == "completed" and status["metrics"]["test/cluster_acc"] == metrics["test/cluster_acc"]
 
 
 # Each field's message is checked in-process (tests/test_models.py) and each kind of bad value

@@ -1,0 +1,143 @@
+"""What ``last.ckpt`` holds and what resuming may touch (issue: no epoch lost, no run corrupted).
+
+``last.ckpt`` must hold the state after EVERY epoch, whatever the monitored ``val/loss`` did:
+since Lightning 2.6, ``ModelCheckpoint(save_last=True)`` writes it only when the top-k checkpoint
+is saved too. These tests make ``val/loss`` "not improve" by monitoring it in the wrong direction
+(``callbacks.model_checkpoint.mode=max``: only the first epoch is ever the best), so each of them
+fails if ``last.ckpt`` follows the best checkpoint again. They check their own premise (the best
+checkpoint is older than the last epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from infocatvae.data import check_raw_files, default_data_dir
+from tests.conftest import CLI_TINY, REPO, TINY, cli_env, make_cfg, run_entry
+
+pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
+                                reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
+
+NOT_IMPROVING = "callbacks.model_checkpoint.mode=max"
+
+
+def train_in_process(out: Path, epochs: int, *extra: str) -> dict:
+    from infocatvae.train import train
+
+    cfg = make_cfg([*TINY, f"trainer.max_epochs={epochs}", NOT_IMPROVING, *extra], out)
+    train(cfg)
+    return json.loads((out / "status.json").read_text())
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def best_epoch(run: Path) -> int:
+    (best,) = (run / "checkpoints").glob("best-epoch*.ckpt")
+    return ckpt(best)["epoch"]
+
+
+def test_last_ckpt_holds_the_last_epoch_when_val_loss_does_not_improve(tmp_path):
+    status = train_in_process(tmp_path, 3, "callbacks.snapshots.every_n_epochs=1")
+    assert best_epoch(tmp_path) == 0, "premise: epochs 2 and 3 did not improve the monitored metric"
+    last = ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert status["status"] == "completed" and status["epoch"] == 3
+    assert last["epoch"] == 2 and last["global_step"] == status["step"] == 9  # 3 epochs x 3 batches
+    # the weights after the third epoch: the same as the epoch-3 snapshot, not the best (first) epoch's
+    third = ckpt(tmp_path / "checkpoints" / "epoch0003.ckpt")["state_dict"]
+    first = ckpt(tmp_path / "checkpoints" / "epoch0001.ckpt")["state_dict"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")) == \
+        ["epoch0001.ckpt", "epoch0002.ckpt", "epoch0003.ckpt"]
+    for k, v in last["state_dict"].items():
+        assert torch.equal(v, third[k]), k
+    assert any(not torch.equal(v, first[k]) for k, v in last["state_dict"].items())
+
+
+def test_resume_after_a_non_improving_epoch_matches_the_uninterrupted_run(tmp_path):
+    torch.use_deterministic_algorithms(False)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_in_process(straight, 3)
+    train_in_process(resumed, 2)
+    assert best_epoch(resumed) == 0 and ckpt(resumed / "checkpoints" / "last.ckpt")["epoch"] == 1
+    status = train_in_process(resumed, 3)
+    assert status["resumed_from"] == str(resumed / "checkpoints" / "last.ckpt") and status["step"] == 9
+    a, b = (ckpt(r / "checkpoints" / "last.ckpt")["state_dict"] for r in (straight, resumed))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs after resume")
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_non_improving_epoch_loses_and_repeats_no_epoch(tmp_path):
+    run, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
+    args = [*CLI_TINY, "trainer.limit_train_batches=20", NOT_IMPROVING, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "infocatvae.train", *args, "trainer.max_epochs=50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO)
+    try:
+        deadline, epoch = time.monotonic() + 240, -1
+        while epoch < 1:  # last.ckpt after the second epoch, which did not improve val/loss
+            assert proc.poll() is None and time.monotonic() < deadline, "last.ckpt never reached epoch 2"
+            if last.exists():
+                epoch = ckpt(last)["epoch"]
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert best_epoch(run) == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "running"  # killed: no chance to write
+    held = ckpt(last)
+    res = run_entry("infocatvae.train", *args, f"trainer.max_epochs={held['epoch'] + 3}", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    # resumed at the end of the last completed epoch, then trained exactly the two epochs after it
+    assert f"Resuming from {last} (epoch {held['epoch']}, step {held['global_step']})" in log
+    assert held["global_step"] == 20 * (held["epoch"] + 1)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["epoch"] == held["epoch"] + 3
+    assert status["resumed_from"] == str(last)
+    assert status["step"] == 20 * (held["epoch"] + 3) == ckpt(last)["global_step"]
+
+
+def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
+    """A checkpoint whose shapes do not fit the configured model is refused before anything is
+    written, naming the field; the run it came from keeps its status, checkpoints and logs."""
+    original, new = tmp_path / "original", tmp_path / "new"
+    res = run_entry("infocatvae.train", *CLI_TINY, "data=fashion_mnist", f"hydra.run.dir={original}", timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in original.rglob("*") if p.is_file()}
+    source = original / "checkpoints" / "last.ckpt"
+
+    res = run_entry("infocatvae.train", *CLI_TINY, "data=fashion_mnist", "model.K=5", f"ckpt_path={source}",
+                    f"hydra.run.dir={new}", timeout=180)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "model.K: 10 in the checkpoint, 5 configured" in out, out[-3000:]
+    assert "Epoch 0" not in out and not (new / "checkpoints").exists()
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in original.rglob("*") if p.is_file()}
+    assert after == before, "the checkpoint's run folder was modified"
+    assert json.loads((new / "status.json").read_text())["status"] == "failed"  # recorded in its own folder
+
+    # a change that keeps every shape (lambda) is allowed and logged; training goes on in the new folder
+    cont = [*CLI_TINY, "data=fashion_mnist", "model.lam=4", f"ckpt_path={source}", f"hydra.run.dir={new}",
+            "trainer.max_epochs=2"]
+    res = run_entry("infocatvae.train", *cont, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (new / "train.log").read_text()
+    assert "changed hyperparameter: model.lam: 2.0 in the checkpoint, 4 configured" in log
+    assert f"Resuming from {source} (epoch 0, step 3)" in log
+    assert ckpt(new / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert json.loads((new / "status.json").read_text())["status"] == "completed"
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in original.rglob("*") if p.is_file()}
+    assert after == before, "the checkpoint's run folder was modified"
+    # the same command again (one more epoch) resumes the new run's own last.ckpt, not the source
+    res = run_entry("infocatvae.train", *cont[:-1], "trainer.max_epochs=3", timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"Resuming from {new / 'checkpoints' / 'last.ckpt'} (epoch 1, step 6)" in (new / "train.log").read_text()
