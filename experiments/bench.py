@@ -36,7 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from infocatvae.config import CONFIG_DIR
+from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -120,7 +120,7 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
     median over ``repeats`` alternating rounds after a warm-up round, and the median of their ratios."""
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
-    callbacks = [hydra.utils.instantiate(c) for name, c in cfg.callbacks.items() if name != "model_checkpoint"]
+    callbacks = instantiate_all({k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")})
     bare_model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
@@ -128,7 +128,7 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
         return bare_throughput(bare_model, x_all, cfg.data.batch_size, steps, device, repeats=1)
 
     timer = EpochTimer(bare)
-    loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
+    loggers = instantiate_all(cfg.logger)
     trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1 + repeats, limit_train_batches=steps, limit_val_batches=0,
                                       num_sanity_val_steps=0, callbacks=[*callbacks, timer], logger=loggers,
                                       enable_checkpointing=False, enable_model_summary=False)
@@ -152,9 +152,78 @@ def data_seconds_per_batch(datamodule, device: torch.device, batches: int) -> fl
     return (time.perf_counter() - t) / batches
 
 
+def matmul_peak_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """The machine's measured float32 matrix-product rate (FLOP/s): the median of ``repeats`` n×n products."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def step_flops_per_image(cfg, batch_size: int) -> float:
+    """FLOPs of one training step (forward and backward of every phase), per image, counted by
+    torch's FlopCounterMode (matrix products and convolutions; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all").train()
+    x = torch.rand(batch_size, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        if hasattr(model, "recon_loss"):  # the AAE's three phases
+            for loss in (model.recon_loss(x), model.generator_loss(x), model.discriminator_loss(x)[0]):
+                loss.backward()
+        else:
+            model.losses(x)["loss"].backward()
+    return counter.get_total_flops() / batch_size
+
+
+def sigmoid_bce_reconstruction(logits, x, likelihood="bernoulli", step_size=28):
+    """The reconstruction as computed before the decoders returned logits: a sigmoid, then
+    ``binary_cross_entropy`` on the probabilities (``--baseline`` times it beside today's)."""
+    import torch.nn.functional as F
+
+    p = torch.sigmoid(logits.float())
+    return F.binary_cross_entropy(p, x.float().expand_as(p), reduction="none").sum(-1)
+
+
+def bench_formulation(data_dir: str, device_name: str, steps: int, rounds: int) -> None:
+    """InfoCatVAE-MLP in the bare loop, today's logits loss against the sigmoid + BCE baseline,
+    alternated ``rounds`` times (the median of the per-round ratios)."""
+    from infocatvae import losses
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    today = losses.reconstruction
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_cfg("infocatvae", "mlp", out, data_dir, device_name)
+        dm = hydra.utils.instantiate(cfg.data)
+        dm.setup("fit")
+        x_all = dm.scale(dm.train_set.images[: 64 * cfg.data.batch_size]).to(device)
+        models = [hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all") for _ in range(2)]
+        rates: dict[str, list[float]] = {"logits": [], "sigmoid_bce": []}
+        try:
+            for _ in range(rounds + 1):  # the first round warms up
+                for name, model in zip(rates, models):
+                    losses.reconstruction = today if name == "logits" else sigmoid_bce_reconstruction
+                    rates[name].append(bare_throughput(model, x_all, cfg.data.batch_size, steps, device, repeats=1))
+        finally:
+            losses.reconstruction = today
+    ratios = [a / b for a, b in zip(rates["logits"][1:], rates["sigmoid_bce"][1:])]
+    emit({"record": "formulation", "model": "infocatvae", "net": "mlp", "device": str(device), "steps": steps,
+          "rounds": rounds, "logits_img_per_s": round(statistics.median(rates["logits"][1:]), 1),
+          "sigmoid_bce_img_per_s": round(statistics.median(rates["sigmoid_bce"][1:]), 1),
+          "speedup_logits_vs_sigmoid_bce": round(statistics.median(ratios), 3)})
+
+
 def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str,
                    rounds: int = 7) -> None:
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    peak = matmul_peak_flops(device)
+    emit({"record": "matmul_peak", "device": str(device), "gflop_per_s": round(peak / 1e9, 1)})
     for net in nets:
         steps = steps_mlp if net == "mlp" else steps_gru
         for model_name in models:
@@ -163,10 +232,13 @@ def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, 
                 torch.manual_seed(0)
                 light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device, repeats=rounds)
                 data_s = data_seconds_per_batch(dm, device, min(steps, 50))
+                flops = step_flops_per_image(cfg, cfg.data.batch_size)
             emit({"record": "train", "model": model_name, "net": net, "device": str(device),
                   "batch_size": cfg.data.batch_size, "steps": steps, "rounds": rounds, "bare_img_per_s": round(bare, 1),
                   "lightning_img_per_s": round(light, 1), "train_ratio_lightning_vs_bare": round(ratio, 3),
-                  "data_share": round(data_s / (cfg.data.batch_size / light), 4)})
+                  "data_share": round(data_s / (cfg.data.batch_size / light), 4),
+                  "epoch_s": round(55000 / light, 1), "mflop_per_image": round(flops / 1e6, 1),
+                  "peak_fraction": round(flops * light / peak, 3)})
 
 
 def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, protocol: bool, repeats: int = 5) -> None:
@@ -259,7 +331,9 @@ def main() -> None:
     parser.add_argument("--kde-fit", type=int, default=10000)
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "kde"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "kde", "formulation"])
+    parser.add_argument("--baseline", action="store_true",
+                        help="only the logits loss against the former sigmoid + BCE formulation (InfoCatVAE-MLP)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -271,6 +345,10 @@ def main() -> None:
     emit({"record": "machine", "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    if args.baseline or "formulation" not in args.skip:
+        bench_formulation(data_dir, args.device, args.steps_mlp, args.rounds)
+    if args.baseline:
+        return
     if "train" not in args.skip:
         bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds)
     if "kde" not in args.skip:

@@ -47,7 +47,7 @@ def train(experiment: str, args) -> tuple[Path, float]:
     cmd = [sys.executable, "-m", "infocatvae.train", f"experiment={experiment}", f"trainer.max_epochs={args.epochs}",
            f"hydra.run.dir={run_dir}", f"paths.log_dir={args.log_dir}", "callbacks.progress_bar.refresh_rate=0"]
     if args.limit_train_batches:
-        cmd.append(f"+trainer.limit_train_batches={args.limit_train_batches}")
+        cmd.append(f"trainer.limit_train_batches={args.limit_train_batches}")
     status = run_dir / "status.json"
     done = status.is_file() and json.loads(status.read_text()).get("status") == "completed"
     start = time.perf_counter()
@@ -98,7 +98,7 @@ def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
 
 def full_run_note(script: str) -> list[str]:
     return ["", "## Full run", "",
-            "On a GPU, for the paper's 600 epochs (the evaluation defaults are the paper's protocols):", "",
+            "On a GPU, for the paper's 600 epochs (Table 1's density protocol is the paper's; see README):", "",
             f"    export INFOCATVAE_DATA_DIR=/path/to/data && python experiments/{script} --epochs 600", ""]
 
 

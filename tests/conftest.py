@@ -16,15 +16,14 @@ from infocatvae.config import CONFIG_DIR
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("INFOCATVAE_DATA_DIR") or str(REPO.parent / "shared" / "data")
 
-# Tiny trainer limits for end-to-end runs on slices of the real data.
-TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-        "trainer.accelerator=cpu", "data.eval_batch_size=200", "trainer.log_every_n_steps=1"]
+# Tiny end-to-end runs on slices of the real data, in-process or as subprocesses of the entry points:
+# conf/debug/tiny.yaml (one epoch of 3 training batches and 1 validation batch of 64 images on the
+# CPU, no image grids, no progress bar).
+TINY = ["debug=tiny"]
+CLI_TINY = TINY
 
-
-# Tiny limits for the entry points run as subprocesses (no progress bar, no image grids).
-CLI_TINY = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-            "callbacks.progress_bar.refresh_rate=0", "~callbacks.images", "data.batch_size=64",
-            "data.eval_batch_size=256"]
+# debug=tiny turns the image grids off; the tests that check them turn them on again.
+IMAGES = ["callbacks.images={_target_:infocatvae.callbacks.ImageLogger}"]
 
 
 def cli_env() -> dict:

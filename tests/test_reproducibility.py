@@ -4,7 +4,6 @@ uninterrupted run of the same length. Runs ``train()`` in this process on real M
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from infocatvae.config import CONFIG_DIR
 from infocatvae.data import check_raw_files, default_data_dir
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
                                 reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist"
 
 def run(out: Path, epochs: int, seed: int = 0) -> dict:
     overrides = [
-        "trainer=cpu", f"trainer.max_epochs={epochs}", "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false",
-        "~callbacks.progress_bar", "~callbacks.images", "data.batch_size=64", "data.eval_batch_size=256",
+        *TINY, f"trainer.max_epochs={epochs}",
         f"seed={seed}", f"paths.output_dir={out}", f"paths.data_dir={default_data_dir()}",
     ]
     from infocatvae.train import train

@@ -86,7 +86,7 @@ def test_submitit_sweep_summary_failure_rerun_and_resume(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     run = tmp_path / "ddp"
-    res = entry("infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY[1:],
+    res = entry("infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY,
                 f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     status = json.loads((run / "status.json").read_text())
