@@ -1,5 +1,6 @@
-"""Evaluation metrics: clustering of argmax q(c|x) against true labels, and the Gaussian kernel
-density estimates of Table 1 (section 10)."""
+"""Evaluation metrics: clustering of argmax q(c|x) against true labels (ours: the paper reports no
+clustering scores), and the Gaussian kernel density estimates of Table 1 (section 10) and of the
+Parzen protocol of Goodfellow et al. and Makhzani et al."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from sklearn.metrics.cluster import contingency_matrix
 def cluster_acc(true: np.ndarray, pred: np.ndarray, K: int | None = None) -> tuple[float, str]:
     """Accuracy of predicted clusters after mapping each cluster to a label.
 
-    Hungarian one-to-one matching (scipy's ``linear_sum_assignment``) when the number of
-    clusters ``K`` is at most the number of labels; many-to-one by majority vote when K
-    exceeds it. Returns the accuracy and the mapping used (``"hungarian"`` or ``"majority"``).
+    Hungarian one-to-one matching (scipy's ``linear_sum_assignment``) whenever the number of
+    clusters ``K`` is at most the number of labels (K < labels included: then some labels get no
+    cluster); many-to-one by majority vote only when K exceeds it. ``K`` defaults to the largest
+    predicted index + 1. Returns the accuracy and the mapping used (``"hungarian"`` or ``"majority"``).
     """
     true, pred = np.asarray(true), np.asarray(pred)
     n_labels = len(np.unique(true))
@@ -261,7 +263,8 @@ def select_bandwidth(data, bandwidths, folds: int = 5, seed: int = 0, chunk_size
 def select_bandwidth_holdout(fit_data, valid, bandwidths, chunk_size: int = DEFAULT_CHUNK,
                              device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
     """The bandwidth maximising the mean log-density of ``valid`` under a KDE on ``fit_data``
-    (the Parzen protocol of Goodfellow et al. 2014 and Makhzani et al. 2015). Returns (best h, {h: score})."""
+    (the Parzen protocol of Goodfellow et al. 2014 and Makhzani et al. 2015, where ``valid`` is a
+    validation set the model did not train on). Returns (best h, {h: score})."""
     bandwidths = [float(b) for b in bandwidths]
     means = kde_score_grid(fit_data, valid, bandwidths, chunk_size, device).mean(1).cpu()
     scores = {h: float(s) for h, s in zip(bandwidths, means)}

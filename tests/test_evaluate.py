@@ -26,7 +26,11 @@ MODELS = {
     "aae_k10": ["model=aae", "model.K=10"],
 }
 SMALL = ["n_test=300", "n_generated=200", "kde.fit_size=300", "kde.folds=2", "kde.cache_dir=null",
-         "parzen.n_valid=200", "info.n_samples=200", "figures.pca_points=200", "batch_size=100"]
+         "parzen.n_valid=200", "info.n_samples=200", "figures.pca_points=200", "batch_size=100",
+         # a reader trained on 1,000 images for one epoch (under a second), not cached: tests/test_reader.py
+         # checks the real one
+         "reader.train_size=1000", "reader.epochs=1", "reader.n_per_category=20", "reader.cache_dir=null"]
+READER_KEYS = ("gen_confidence", "gen_agreement", "gen_distinct", "reader_test_acc")
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +74,20 @@ def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
         assert finite(m[key]), (key, m[key])
     assert m["n_generated"] == 200 and m["n_test"] == 300 and m["kde_fit_size"] == 300
     assert m["kde_bandwidth"] in cfg.kde.bandwidths and m["parzen_bandwidth"] in cfg.parzen.bandwidths
+    # the Parzen bandwidth is chosen on 200 of the data module's 5K held-out validation images
+    assert m["parzen_bandwidth_split"] == "val" and m["parzen_n_valid"] == 200 and m["parzen_val_size"] == 5000
     catvae_family = not name.startswith("aae")
     assert ("test_elbo" in m) == catvae_family
     if catvae_family:
         assert m["test_elbo"] < 0 and finite(m["test_elbo"])
     has_categories = name != "aae"
-    for key in ("cluster_acc", "nmi", "ari", "info_ce", "info_ce_on_probs", "info_acc"):
+    for key in ("cluster_acc", "nmi", "ari", "info_ce", "info_ce_on_probs", "info_acc", *READER_KEYS):
         assert (key in m) == has_categories, key
+    if has_categories:
+        assert 0 < m["gen_confidence"] <= 1 and 0 < m["gen_agreement"] <= 1 and 0 < m["reader_test_acc"] <= 1
+        assert isinstance(m["gen_distinct"], int) and 1 <= m["gen_distinct"] <= 10
+        assert len(m["gen_majority_labels"]) == m["K"] and m["gen_n_per_category"] == 20
+        assert m["gen_distinct"] == len(set(m["gen_majority_labels"])) and not m["reader_cached"]
     if has_categories:
         assert m["cluster_acc_mapping"] == "hungarian" and 0 < m["cluster_acc"] <= 1
         assert 0 <= m["info_acc"] <= 1 and m["info_ce"] > 0
@@ -98,6 +109,9 @@ def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
     acc = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert "eval/kde_ll" in acc.Tags()["scalars"]
     assert acc.Scalars("eval/kde_ll")[0].value == pytest.approx(m["kde_ll"], rel=1e-5)
+    if has_categories:
+        for key in READER_KEYS:
+            assert acc.Scalars(f"eval/{key}")[0].value == pytest.approx(m[key], rel=1e-5), key
     assert {f"eval/{p.removesuffix('.png')}" for p in pngs} <= set(acc.Tags()["images"])
 
 
@@ -171,8 +185,62 @@ def test_entry_point_writes_into_the_run_folder(checkpoints, data_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.loads((run / "eval" / "last" / "metrics.json").read_text())
     assert "kde_ll" not in m and finite(m["parzen_test_ll"]) and m["tensorboard_dir"] == str(run / "tensorboard")
+    assert all(key in m for key in READER_KEYS) and m["parzen_split_source"].endswith(".hydra/config.yaml")
     assert (run / "eval" / "last" / "fig3_interpolation.png").is_file()
 
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    """Each image (uint8, or floats k/255) as bytes: the training images are pairwise distinct."""
+    u8 = images if images.dtype == torch.uint8 else images.mul(255).round().to(torch.uint8)
+    return {bytes(r) for r in u8.reshape(len(u8), -1).numpy()}
+
+
+@pytest.mark.slow
+def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir, tmp_path, monkeypatch):
+    """A run folder whose config has data.val_size=4000 and data.split_seed=3: evaluate reads that split from the
+    run's config and chooses the Parzen bandwidth on images of its validation part only, none of
+    which the data module trained on; with bandwidth_split=train, on training images."""
+    import shutil
+
+    import hydra.utils
+
+    from infocatvae import metrics
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    shutil.copy(checkpoints["infocatvae"] / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    train_cfg = make_cfg(["model=infocatvae", "data.val_size=4000", "data.split_seed=3", *TINY], run, data_dir)
+    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+    dm = hydra.utils.instantiate(train_cfg.data)
+    dm.setup("fit")
+    train_rows, val_rows = _rows(dm.train_set.images), _rows(dm.val_set.images)
+    assert len(train_rows) == 56000 and len(val_rows) == 4000
+
+    chosen = []
+    select = metrics.select_bandwidth_holdout
+
+    def spy(fit, valid, *args, **kwargs):
+        chosen.append(valid)
+        return select(fit, valid, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "select_bandwidth_holdout", spy)
+    fast = ["kde.enabled=false", "info.enabled=false", "reader.enabled=false", "figures.enabled=false"]
+    m = ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval", data_dir,
+                             [*fast, "parzen.n_valid=null", "tensorboard_dir=null"]))
+    assert m["parzen_split_source"] == str(run / ".hydra" / "config.yaml")
+    assert (m["parzen_val_size"], m["parzen_split_seed"], m["parzen_n_valid"]) == (4000, 3, 4000)
+    assert _rows(chosen[-1]) == val_rows and not _rows(chosen[-1]) & train_rows
+    # the default split (seed 0) would have held out other images
+    assert _rows(ev.validation_images(data_dir, "mnist", 4000, 0)) != val_rows
+
+    m = ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval_train", data_dir,
+                             [*fast, "parzen.bandwidth_split=train", "tensorboard_dir=null"]))
+    assert m["parzen_bandwidth_split"] == "train" and "parzen_val_size" not in m
+    assert len(_rows(chosen[-1]) & train_rows) > 150  # ~93 % of 200 draws from the 60K
+    with pytest.raises(ValueError, match="bandwidth_split"):
+        ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval_bad", data_dir,
+                             [*fast, "parzen.bandwidth_split=test", "tensorboard_dir=null"]))
 
 
 def test_bad_checkpoint_and_missing_ckpt_path_are_named(data_dir, tmp_path):

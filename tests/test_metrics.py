@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity
 
 from infocatvae import metrics
@@ -196,6 +196,16 @@ def test_cluster_acc_of_a_constructed_confusion():
     true2 = np.array([0] * 6 + [1] * 4 + [0] * 5 + [1] * 1)
     pred2 = np.array([0] * 6 + [0] * 4 + [1] * 5 + [1] * 1)
     assert metrics.cluster_acc(true2, pred2, K=2)[0] == pytest.approx(max(6 + 1, 4 + 5) / 16)
+
+
+def test_hungarian_also_when_K_is_below_the_number_of_labels():
+    """K < number of labels maps one-to-one too (not only K equal to it): with 2 clusters and 3 labels,
+    where both clusters' majority is label 0, the Hungarian mapping (0→1, 1→0: 4 + 5) gives 9/16, not
+    the majority vote's 11/16."""
+    true = np.array([0] * 6 + [1] * 4 + [0] * 5 + [2] * 1)
+    pred = np.array([0] * 10 + [1] * 6)
+    acc, mapping = metrics.cluster_acc(true, pred, K=2)
+    assert mapping == "hungarian" and acc == pytest.approx(9 / 16)
 
 
 def test_many_to_one_when_K_exceeds_labels():
