@@ -37,7 +37,8 @@ def main() -> None:
         f"(grid and held-out scores: {last['kde_cv_scores']}), then the mean log-density of "
         f"{last['n_generated']} generated samples (c uniform, z ~ p(z|c), decoded). "
         "`parzen_test_ll` is the protocol of Goodfellow et al. (2014) and Makhzani et al. (2015): the density is "
-        "fitted on the generated samples, h chosen on 10K training images, and the 10K test images are scored. "
+        "fitted on the generated samples, h chosen on the 5K validation images the model never trained on, and the "
+        "10K test images are scored. "
         "The two protocols measure different things and are not comparable with each other.", "",
         "The paper computed its numbers with scikit-learn's `KernelDensity`; ours are computed in torch "
         "(`infocatvae.metrics.kde_score_samples`). On 784-dimensional pixels scikit-learn's tree gives "

@@ -1,0 +1,112 @@
+"""How the paper's metrics move with training: each run's kept snapshots (``epochNNNN.ckpt``, written
+every 5 epochs by the experiment configs) evaluated at several epochs, plotted per model.
+
+    python experiments/convergence.py --log-dir /var/tmp/infocatvae --epochs-at 10 25 50 100
+
+Reads the runs the other scripts trained (``<log-dir>/experiments/<run>/``), evaluates each snapshot
+with ``python -m infocatvae.evaluate`` (figures off; the KDE search is cached), and writes
+``experiments/results/convergence.md`` (the numbers, with each run's epochs, wall time and command)
+and ``convergence.png`` (``kde_ll``, ``info_ce_on_probs``, ``gen_agreement``, ``cluster_acc`` and
+``test_elbo`` against epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+
+RUNS = ["table1_aae_e100", "table1_catvae_e100", "table1_infocatvae_e100", "fig34_infocatvae_fashion_e50",
+        "authors_code_catvae_e50", "authors_code_infocatvae_e50"]
+METRICS = ["kde_ll", "info_ce_on_probs", "gen_agreement", "cluster_acc", "test_elbo"]
+
+
+def epoch_times(run_dir: Path) -> tuple[float | None, float | None]:
+    """(median seconds per epoch, seconds from the first to the last epoch end, pauses included),
+    read from the wall times of the epoch-level training loss in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    if "train/loss_epoch" not in acc.Tags()["scalars"]:
+        return None, None
+    t = sorted(e.wall_time for e in acc.Scalars("train/loss_epoch"))
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    return (statistics.median(gaps) if gaps else None), (t[-1] - t[0] if len(t) > 1 else None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-dir", default=str(common.ROOT / "logs"))
+    p.add_argument("--runs", nargs="*", default=RUNS)
+    p.add_argument("--epochs-at", nargs="*", type=int, default=[10, 25, 50, 100])
+    p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    start = time.perf_counter()
+    table: dict[str, dict[int, dict]] = {}
+    notes = []
+    for run in args.runs:
+        run_dir = Path(args.log_dir) / "experiments" / run
+        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
+        snaps = {int(f.stem.removeprefix("epoch")): f for f in (run_dir / "checkpoints").glob("epoch*.ckpt")}
+        wanted = sorted(e for e in snaps if e in args.epochs_at or e == max(snaps))
+        if not wanted:
+            print(f"skipping {run}: no snapshot", file=sys.stderr)
+            continue
+        for e in wanted:
+            out = run_dir / "eval" / f"epoch{e:04d}"
+            if not (out / "metrics.json").is_file():
+                cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={snaps[e]}", f"hydra.run.dir={out}",
+                       f"paths.log_dir={args.log_dir}", "figures.enabled=false", *args.eval]
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run(cmd, cwd=common.ROOT, check=True)
+            table.setdefault(run, {})[e] = json.loads((out / "metrics.json").read_text())
+        per_epoch, span = epoch_times(run_dir)
+        overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().strip().replace("\n", " ")
+        notes.append(f"- `{run}`: {status.get('status', '?')} at epoch {status.get('epoch')} of "
+                     f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
+                     f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
+                     f"(pauses included); overrides: `{overrides}`")
+    plot(table, common.RESULTS / "convergence.png")
+    rows = [f"| {run} | {e} | " + " | ".join(common.fmt(m.get(k), 3) for k in METRICS) + " |"
+            for run, by_epoch in table.items() for e, m in sorted(by_epoch.items())]
+    lines = ["# Convergence: the paper's metrics against training epochs", "",
+             "![convergence](convergence.png)", "",
+             "| run | epoch | " + " | ".join(f"`{k}`" for k in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS), *rows, "",
+             "## Runs", "", *notes, "",
+             f"- hardware: {common.hardware()}",
+             f"- evaluation wall time of this script: {(time.perf_counter() - start) / 60:.1f} min",
+             f"- command: `python {' '.join(sys.argv)}`",
+             "- each run was trained with the command of `experiments/results/README.md` (section Long runs)"]
+    common.write("convergence", lines)
+
+
+def plot(table: dict[str, dict[int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    for ax, key in zip(axes, METRICS):
+        for run, by_epoch in table.items():
+            pts = [(e, m[key]) for e, m in sorted(by_epoch.items()) if m.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=run)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The long runs behind experiments/results/ (Table 1, Figures 3-5, the authors'-code preset), one
+# after another on one machine (two trainings at once on 2 cores each run 6-13x slower).
+#   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae > long_runs.log 2>&1 &
+# Running it again resumes each run from its last.ckpt and skips the finished ones. Each run keeps a
+# snapshot every 5 epochs (epochNNNN.ckpt) for experiments/convergence.py. The folder names follow
+# experiments/common.py, so table1.py, fig3.py, ... with the same --epochs and --log-dir reuse them.
+set -u
+cd "$(dirname "$0")/.."
+L=${1:-logs}
+PY=${PYTHON:-.venv/bin/python}
+run() {  # experiment epochs run-name [overrides...]
+  local exp=$1 ep=$2 name=$3
+  shift 3
+  echo "=== $(date -u +%FT%TZ) start $name"
+  "$PY" -m infocatvae.train "experiment=$exp" "trainer.max_epochs=$ep" "hydra.run.dir=$L/experiments/$name" \
+      "paths.log_dir=$L" callbacks.progress_bar.refresh_rate=0 "$@"
+  echo "=== $(date -u +%FT%TZ) end $name rc=$?"
+}
+run table1_infocatvae 100 table1_infocatvae_e100
+run table1_catvae 100 table1_catvae_e100
+run table1_aae 100 table1_aae_e100
+run fig34_infocatvae_fashion 50 fig34_infocatvae_fashion_e50
+run authors_code 50 authors_code_infocatvae_e50 model=infocatvae callbacks.snapshots.every_n_epochs=5
+run authors_code 50 authors_code_catvae_e50 model=catvae callbacks.snapshots.every_n_epochs=5
+run fig5_infocatvae 10 fig5_infocatvae_e10
+run fig5_catvae 10 fig5_catvae_e10
+run fig5_free_catvae 10 fig5_free_catvae_e10
