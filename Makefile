@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast tensorboard bench clean
+.PHONY: install train test test-fast lint format tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" $(ARGS)
+
+lint: $(STAMP)  ## ruff: lint, import order and format check (make format fixes what it can)
+	$(BIN)/ruff check infocatvae tests experiments
+	$(BIN)/ruff format --check infocatvae tests experiments
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix infocatvae tests experiments
+	$(BIN)/ruff format infocatvae tests experiments
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir logs --bind_all

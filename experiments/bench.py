@@ -49,8 +49,16 @@ def emit(record: dict) -> None:
 def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str):
     data = "seq_mnist" if net == "gru" else "mnist"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"net={net}", f"data={data}",
-                                          f"paths.data_dir={data_dir}", f"trainer.accelerator={device}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                f"net={net}",
+                f"data={data}",
+                f"paths.data_dir={data_dir}",
+                f"trainer.accelerator={device}",
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = out_dir
     return cfg
@@ -61,8 +69,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_throughput(model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device,
-                    repeats: int = 3) -> float:
+def bare_throughput(
+    model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device, repeats: int = 3
+) -> float:
     """Images per second of the model's own loss and optimiser step(s) in a plain loop (median of ``repeats``)."""
     model.to(device).train()
     opts = model.configure_optimizers()
@@ -70,10 +79,13 @@ def bare_throughput(model, x_all: torch.Tensor, batch_size: int, steps: int, dev
     idx = torch.randperm(len(x_all), device=x_all.device)
 
     def step(i: int) -> None:
-        x = x_all[idx[i * batch_size:(i + 1) * batch_size]]
+        x = x_all[idx[i * batch_size : (i + 1) * batch_size]]
         if len(opts) == 3:  # the AAE's three phases (models/aae.py)
-            for opt, loss in ((opts[0], model.recon_loss), (opts[1], model.generator_loss),
-                              (opts[2], lambda b: model.discriminator_loss(b)[0])):
+            for opt, loss in (
+                (opts[0], model.recon_loss),
+                (opts[1], model.generator_loss),
+                (opts[2], lambda b: model.discriminator_loss(b)[0]),
+            ):
                 opt.zero_grad(set_to_none=True)
                 loss(x).backward()
                 opt.step()
@@ -120,7 +132,9 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
     median over ``repeats`` alternating rounds after a warm-up round, and the median of their ratios."""
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
-    callbacks = instantiate_all({k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")})
+    callbacks = instantiate_all(
+        {k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")}
+    )
     bare_model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
@@ -129,9 +143,17 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
 
     timer = EpochTimer(bare)
     loggers = instantiate_all(cfg.logger)
-    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1 + repeats, limit_train_batches=steps, limit_val_batches=0,
-                                      num_sanity_val_steps=0, callbacks=[*callbacks, timer], logger=loggers,
-                                      enable_checkpointing=False, enable_model_summary=False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        max_epochs=1 + repeats,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, timer],
+        logger=loggers,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar writes to stdout; the records own it
         trainer.fit(model, datamodule=datamodule)
     light = [steps * cfg.data.batch_size / t for t in timer.times[1:]]
@@ -213,14 +235,24 @@ def bench_formulation(data_dir: str, device_name: str, steps: int, rounds: int) 
         finally:
             losses.reconstruction = today
     ratios = [a / b for a, b in zip(rates["logits"][1:], rates["sigmoid_bce"][1:])]
-    emit({"record": "formulation", "model": "infocatvae", "net": "mlp", "device": str(device), "steps": steps,
-          "rounds": rounds, "logits_img_per_s": round(statistics.median(rates["logits"][1:]), 1),
-          "sigmoid_bce_img_per_s": round(statistics.median(rates["sigmoid_bce"][1:]), 1),
-          "speedup_logits_vs_sigmoid_bce": round(statistics.median(ratios), 3)})
+    emit(
+        {
+            "record": "formulation",
+            "model": "infocatvae",
+            "net": "mlp",
+            "device": str(device),
+            "steps": steps,
+            "rounds": rounds,
+            "logits_img_per_s": round(statistics.median(rates["logits"][1:]), 1),
+            "sigmoid_bce_img_per_s": round(statistics.median(rates["sigmoid_bce"][1:]), 1),
+            "speedup_logits_vs_sigmoid_bce": round(statistics.median(ratios), 3),
+        }
+    )
 
 
-def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str,
-                   rounds: int = 7) -> None:
+def bench_training(
+    models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str, rounds: int = 7
+) -> None:
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
     peak = matmul_peak_flops(device)
     emit({"record": "matmul_peak", "device": str(device), "gflop_per_s": round(peak / 1e9, 1)})
@@ -233,12 +265,24 @@ def bench_training(models, nets, steps_mlp: int, steps_gru: int, data_dir: str, 
                 light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device, repeats=rounds)
                 data_s = data_seconds_per_batch(dm, device, min(steps, 50))
                 flops = step_flops_per_image(cfg, cfg.data.batch_size)
-            emit({"record": "train", "model": model_name, "net": net, "device": str(device),
-                  "batch_size": cfg.data.batch_size, "steps": steps, "rounds": rounds, "bare_img_per_s": round(bare, 1),
-                  "lightning_img_per_s": round(light, 1), "train_ratio_lightning_vs_bare": round(ratio, 3),
-                  "data_share": round(data_s / (cfg.data.batch_size / light), 4),
-                  "epoch_s": round(55000 / light, 1), "mflop_per_image": round(flops / 1e6, 1),
-                  "peak_fraction": round(flops * light / peak, 3)})
+            emit(
+                {
+                    "record": "train",
+                    "model": model_name,
+                    "net": net,
+                    "device": str(device),
+                    "batch_size": cfg.data.batch_size,
+                    "steps": steps,
+                    "rounds": rounds,
+                    "bare_img_per_s": round(bare, 1),
+                    "lightning_img_per_s": round(light, 1),
+                    "train_ratio_lightning_vs_bare": round(ratio, 3),
+                    "data_share": round(data_s / (cfg.data.batch_size / light), 4),
+                    "epoch_s": round(55000 / light, 1),
+                    "mflop_per_image": round(flops / 1e6, 1),
+                    "peak_fraction": round(flops * light / peak, 3),
+                }
+            )
 
 
 def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, protocol: bool, repeats: int = 5) -> None:
@@ -274,8 +318,9 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
     t_sk = time.perf_counter() - t
     # ... and in the one setting where it is exact in 784-D: a single leaf (leaf_size >= N), i.e. brute force.
     t = time.perf_counter()
-    sk_exact = KernelDensity(kernel="gaussian", bandwidth=h, leaf_size=n_fit).fit(fit.numpy()).score_samples(
-        samples.numpy())
+    sk_exact = (
+        KernelDensity(kernel="gaussian", bandwidth=h, leaf_size=n_fit).fit(fit.numpy()).score_samples(samples.numpy())
+    )
     t_sk_exact = time.perf_counter() - t
     ours = time_ours()
     t_ours = statistics.median(times)
@@ -283,23 +328,36 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
     # logsumexp. scikit-learn's default tree estimator is not exact here: in 784 dimensions it is off by
     # hundreds of nats for samples far from every fitted point (scikit-learn issues #7492, #25799).
     d2 = cdist(samples.numpy(), fit.numpy(), "sqeuclidean")
-    exact = torch.as_tensor(logsumexp(-d2 / (2 * h * h), axis=1) - math.log(len(fit))
-                            - 0.5 * fit.shape[1] * math.log(2 * math.pi * h * h))
+    exact = torch.as_tensor(
+        logsumexp(-d2 / (2 * h * h), axis=1) - math.log(len(fit)) - 0.5 * fit.shape[1] * math.log(2 * math.pi * h * h)
+    )
     ours, sk, sk_exact = ours.double().cpu(), torch.as_tensor(sk), torch.as_tensor(sk_exact)
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Relative to max(|b|, 1 nat): a log-density that crosses zero has no meaningful relative error.
         return (a - b).abs() / b.abs().clamp(min=1.0)
 
-    emit({"record": "kde", "device": str(device), "n_fit": n_fit, "n_samples": n_samples, "bandwidth": h,
-          "sklearn_s": round(t_sk, 3), "torch_s": round(t_ours, 4), "torch_s_all": [round(x, 4) for x in times],
-          "kde_speedup_vs_sklearn": round(t_sk / t_ours, 1),
-          "kde_max_rel_err": rel(ours, exact).max().item(), "kde_max_abs_err": (ours - exact).abs().max().item(),
-          "kde_max_rel_err_vs_sklearn": rel(ours, sk).max().item(),
-          "sklearn_max_rel_err": rel(sk, exact).max().item(),
-          "sklearn_share_within_1e-6": (rel(sk, exact) <= 1e-6).float().mean().item(),
-          "sklearn_exact_s": round(t_sk_exact, 3), "kde_speedup_vs_sklearn_exact": round(t_sk_exact / t_ours, 1),
-          "kde_max_rel_err_vs_sklearn_exact": rel(ours, sk_exact).max().item()})
+    emit(
+        {
+            "record": "kde",
+            "device": str(device),
+            "n_fit": n_fit,
+            "n_samples": n_samples,
+            "bandwidth": h,
+            "sklearn_s": round(t_sk, 3),
+            "torch_s": round(t_ours, 4),
+            "torch_s_all": [round(x, 4) for x in times],
+            "kde_speedup_vs_sklearn": round(t_sk / t_ours, 1),
+            "kde_max_rel_err": rel(ours, exact).max().item(),
+            "kde_max_abs_err": (ours - exact).abs().max().item(),
+            "kde_max_rel_err_vs_sklearn": rel(ours, sk).max().item(),
+            "sklearn_max_rel_err": rel(sk, exact).max().item(),
+            "sklearn_share_within_1e-6": (rel(sk, exact) <= 1e-6).float().mean().item(),
+            "sklearn_exact_s": round(t_sk_exact, 3),
+            "kde_speedup_vs_sklearn_exact": round(t_sk_exact / t_ours, 1),
+            "kde_max_rel_err_vs_sklearn_exact": rel(ours, sk_exact).max().item(),
+        }
+    )
     if protocol:
         # The Table 1 protocol as evaluate.py runs it, with conf/eval.yaml's grid and folds.
         kde_cfg = OmegaConf.load(os.path.join(CONFIG_DIR, "eval.yaml")).kde
@@ -309,15 +367,27 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
         # pessimistic timing of the scoring step.
         generated = images[:10000].flip(-1)
         t = time.perf_counter()
-        best, _ = metrics.select_bandwidth(images, grid, folds=kde_cfg.folds, chunk_size=kde_cfg.chunk_size,
-                                           device=device)
+        best, _ = metrics.select_bandwidth(
+            images, grid, folds=kde_cfg.folds, chunk_size=kde_cfg.chunk_size, device=device
+        )
         t_search = time.perf_counter() - t
         metrics.kde_score_samples(images, generated, best, chunk_size=kde_cfg.chunk_size, device=device)
         sync(device)
         total = time.perf_counter() - t
-        emit({"record": "kde_protocol", "device": str(device), "n_fit": len(images), "n_samples": len(generated),
-              "folds": kde_cfg.folds, "bandwidths": grid, "bandwidth": best, "search_s": round(t_search, 1),
-              "score_s": round(total - t_search, 1), "seconds": round(total, 1)})
+        emit(
+            {
+                "record": "kde_protocol",
+                "device": str(device),
+                "n_fit": len(images),
+                "n_samples": len(generated),
+                "folds": kde_cfg.folds,
+                "bandwidths": grid,
+                "bandwidth": best,
+                "search_s": round(t_search, 1),
+                "score_s": round(total - t_search, 1),
+                "seconds": round(total, 1),
+            }
+        )
 
 
 def main() -> None:
@@ -326,14 +396,21 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["mlp", "gru"], choices=["mlp", "gru"])
     parser.add_argument("--steps-mlp", type=int, default=60, help="batches per timed MLP epoch")
     parser.add_argument("--steps-gru", type=int, default=12, help="batches per timed GRU epoch")
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="alternating Lightning/bare rounds per model (their median ratio is reported)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="alternating Lightning/bare rounds per model (their median ratio is reported)",
+    )
     parser.add_argument("--kde-fit", type=int, default=10000)
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "kde", "formulation"])
-    parser.add_argument("--baseline", action="store_true",
-                        help="only the logits loss against the former sigmoid + BCE formulation (InfoCatVAE-MLP)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="only the logits loss against the former sigmoid + BCE formulation (InfoCatVAE-MLP)",
+    )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -342,9 +419,17 @@ def main() -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data_dir = default_data_dir()
-    emit({"record": "machine", "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
-          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    emit(
+        {
+            "record": "machine",
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        }
+    )
     if args.baseline or "formulation" not in args.skip:
         bench_formulation(data_dir, args.device, args.steps_mlp, args.rounds)
     if args.baseline:

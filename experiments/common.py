@@ -28,11 +28,20 @@ PAPER_EPOCHS = 600
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help="training epochs (paper: 600)")
-    p.add_argument("--limit-train-batches", type=int, default=None,
-                   help="batches per epoch (default: all); only to shorten CPU runs")
+    p.add_argument(
+        "--limit-train-batches",
+        type=int,
+        default=None,
+        help="batches per epoch (default: all); only to shorten CPU runs",
+    )
     p.add_argument("--log-dir", default=str(ROOT / "logs"), help="where training and evaluation runs go")
-    p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra overrides for infocatvae.evaluate (e.g. n_generated=2000)")
+    p.add_argument(
+        "--eval",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra overrides for infocatvae.evaluate (e.g. n_generated=2000)",
+    )
     return p
 
 
@@ -44,8 +53,16 @@ def run_name(experiment: str, args) -> str:
 def train(experiment: str, args) -> tuple[Path, float]:
     """Train (or reuse) the run of ``experiment``; returns its folder and the training wall time (0 if reused)."""
     run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args)
-    cmd = [sys.executable, "-m", "infocatvae.train", f"experiment={experiment}", f"trainer.max_epochs={args.epochs}",
-           f"hydra.run.dir={run_dir}", f"paths.log_dir={args.log_dir}", "callbacks.progress_bar.refresh_rate=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infocatvae.train",
+        f"experiment={experiment}",
+        f"trainer.max_epochs={args.epochs}",
+        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={args.log_dir}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     if args.limit_train_batches:
         cmd.append(f"trainer.limit_train_batches={args.limit_train_batches}")
     status = run_dir / "status.json"
@@ -59,8 +76,16 @@ def train(experiment: str, args) -> tuple[Path, float]:
 def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[dict, Path]:
     """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder."""
     out = run_dir / "eval" / purpose
-    cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-           f"hydra.run.dir={out}", f"paths.log_dir={args.log_dir}", *overrides, *args.eval]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infocatvae.evaluate",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={out}",
+        f"paths.log_dir={args.log_dir}",
+        *overrides,
+        *args.eval,
+    ]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads((out / "metrics.json").read_text()), out
@@ -74,16 +99,20 @@ def copy_figure(src: Path, name: str) -> str:
 
 def hardware() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), {device}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), {device}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
     reduced = args.epochs < PAPER_EPOCHS or args.limit_train_batches
     lines = [
-        "## Setup", "",
-        f"- epochs: **{args.epochs}**" + (f", {args.limit_train_batches} batches each" if args.limit_train_batches
-                                          else "") + f" (paper: {PAPER_EPOCHS})",
+        "## Setup",
+        "",
+        f"- epochs: **{args.epochs}**"
+        + (f", {args.limit_train_batches} batches each" if args.limit_train_batches else "")
+        + f" (paper: {PAPER_EPOCHS})",
         "- seed: 0 (config `seed`), evaluation seed 0",
         f"- hardware: {hardware()}",
         f"- wall time (training + evaluation of this script): {seconds / 60:.1f} min",
@@ -91,15 +120,24 @@ def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
         f"- command: `python {' '.join(sys.argv)}`",
     ]
     if reduced:
-        lines += ["", "**Reduced run.** These numbers come from a short CPU run, far from the paper's 600 epochs; "
-                  "they check that the pipeline works end to end and are not a reproduction of the paper's values."]
+        lines += [
+            "",
+            "**Reduced run.** These numbers come from a short CPU run, far from the paper's 600 epochs; "
+            "they check that the pipeline works end to end and are not a reproduction of the paper's values.",
+        ]
     return lines
 
 
 def full_run_note(script: str) -> list[str]:
-    return ["", "## Full run", "",
-            "On a GPU, for the paper's 600 epochs (Table 1's density protocol is the paper's; see README):", "",
-            f"    export INFOCATVAE_DATA_DIR=/path/to/data && python experiments/{script} --epochs 600", ""]
+    return [
+        "",
+        "## Full run",
+        "",
+        "On a GPU, for the paper's 600 epochs (Table 1's density protocol is the paper's; see README):",
+        "",
+        f"    export INFOCATVAE_DATA_DIR=/path/to/data && python experiments/{script} --epochs 600",
+        "",
+    ]
 
 
 def write(name: str, lines: list[str]) -> Path:

@@ -22,8 +22,14 @@ from pathlib import Path
 
 import common
 
-RUNS = ["table1_aae_e100", "table1_catvae_e100", "table1_infocatvae_e100", "fig34_infocatvae_fashion_e50",
-        "authors_code_catvae_e50", "authors_code_infocatvae_e50"]
+RUNS = [
+    "table1_aae_e100",
+    "table1_catvae_e100",
+    "table1_infocatvae_e100",
+    "fig34_infocatvae_fashion_e50",
+    "authors_code_catvae_e50",
+    "authors_code_infocatvae_e50",
+]
 METRICS = ["kde_ll", "info_ce_on_probs", "gen_agreement", "cluster_acc", "test_elbo"]
 
 
@@ -62,29 +68,51 @@ def main() -> None:
         for e in wanted:
             out = run_dir / "eval" / f"epoch{e:04d}"
             if not (out / "metrics.json").is_file():
-                cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={snaps[e]}", f"hydra.run.dir={out}",
-                       f"paths.log_dir={args.log_dir}", "figures.enabled=false", *args.eval]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "infocatvae.evaluate",
+                    f"ckpt_path={snaps[e]}",
+                    f"hydra.run.dir={out}",
+                    f"paths.log_dir={args.log_dir}",
+                    "figures.enabled=false",
+                    *args.eval,
+                ]
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run(cmd, cwd=common.ROOT, check=True)
             table.setdefault(run, {})[e] = json.loads((out / "metrics.json").read_text())
         per_epoch, span = epoch_times(run_dir)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().strip().replace("\n", " ")
-        notes.append(f"- `{run}`: {status.get('status', '?')} at epoch {status.get('epoch')} of "
-                     f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
-                     f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
-                     f"(pauses included); overrides: `{overrides}`")
+        notes.append(
+            f"- `{run}`: {status.get('status', '?')} at epoch {status.get('epoch')} of "
+            f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
+            f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
+            f"(pauses included); overrides: `{overrides}`"
+        )
     plot(table, common.RESULTS / "convergence.png")
-    rows = [f"| {run} | {e} | " + " | ".join(common.fmt(m.get(k), 3) for k in METRICS) + " |"
-            for run, by_epoch in table.items() for e, m in sorted(by_epoch.items())]
-    lines = ["# Convergence: the paper's metrics against training epochs", "",
-             "![convergence](convergence.png)", "",
-             "| run | epoch | " + " | ".join(f"`{k}`" for k in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS), *rows, "",
-             "## Runs", "", *notes, "",
-             f"- hardware: {common.hardware()}",
-             f"- evaluation wall time of this script: {(time.perf_counter() - start) / 60:.1f} min",
-             f"- command: `python {' '.join(sys.argv)}`",
-             "- each run was trained with the command of `experiments/results/README.md` (section Long runs)"]
+    rows = [
+        f"| {run} | {e} | " + " | ".join(common.fmt(m.get(k), 3) for k in METRICS) + " |"
+        for run, by_epoch in table.items()
+        for e, m in sorted(by_epoch.items())
+    ]
+    lines = [
+        "# Convergence: the paper's metrics against training epochs",
+        "",
+        "![convergence](convergence.png)",
+        "",
+        "| run | epoch | " + " | ".join(f"`{k}`" for k in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+        *rows,
+        "",
+        "## Runs",
+        "",
+        *notes,
+        "",
+        f"- hardware: {common.hardware()}",
+        f"- evaluation wall time of this script: {(time.perf_counter() - start) / 60:.1f} min",
+        f"- command: `python {' '.join(sys.argv)}`",
+        "- each run was trained with the command of `experiments/results/README.md` (section Long runs)",
+    ]
     common.write("convergence", lines)
 
 

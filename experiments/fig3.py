@@ -22,17 +22,25 @@ def main() -> None:
         run_dir, _ = common.train(exp, args)
         m, out = common.evaluate(run_dir, "figures", NO_DENSITY, args)
         tag = data.lower()
-        body += [f"## {data} (`experiment={exp}`)", "",
-                 f"![interpolation]({common.copy_figure(out / 'fig3_interpolation.png', f'fig3_{tag}.png')})", "",
-                 f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
-                 f"NMI {common.fmt(m['nmi'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.", ""]
+        body += [
+            f"## {data} (`experiment={exp}`)",
+            "",
+            f"![interpolation]({common.copy_figure(out / 'fig3_interpolation.png', f'fig3_{tag}.png')})",
+            "",
+            f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
+            f"NMI {common.fmt(m['nmi'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
+            "",
+        ]
     seconds = time.perf_counter() - start
     lines = [
-        "# Figure 3: discrete interpolation between the prior centroids", "",
+        "# Figure 3: discrete interpolation between the prior centroids",
+        "",
         "Row c starts at decode(µ_c) (left column) and walks to µ_(c+1 mod K) in 9 equal steps: columns "
         "decode((1 − t) µ_c + t µ_(c+1)), t = 0, 1/9, …, 1. Paper: InfoCatVAE, K = 10, λ = 2, 600 epochs; "
-        "each row then shows one class morphing into the next.", "",
-        *body, *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS.values()]),
+        "each row then shows one class morphing into the next.",
+        "",
+        *body,
+        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS.values()]),
         *common.full_run_note("fig3.py"),
     ]
     common.write("fig3", lines)

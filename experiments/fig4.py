@@ -22,15 +22,23 @@ def main() -> None:
     samples = common.copy_figure(out / "samples.png", "fig4_fashion_samples.png")
     seconds = time.perf_counter() - start
     lines = [
-        "# Figure 4: varying λ of the prior means (FashionMNIST)", "",
+        "# Figure 4: varying λ of the prior means (FashionMNIST)",
+        "",
         "Row c decodes λ'·e_c, the unit block of category c in eq. (8), for λ' = 0, 1, …, 9 (the model was "
-        "trained with λ = 2, so column 2 is decode(µ_c)). Paper: the variation has an \"emptying\" effect "
-        "(shoes into sandals, sleeves into straps).", "",
-        f"![lambda variation]({fig})", "", "Class-conditional samples of the same model:", "",
-        f"![samples]({samples})", "",
+        'trained with λ = 2, so column 2 is decode(µ_c)). Paper: the variation has an "emptying" effect '
+        "(shoes into sandals, sleeves into straps).",
+        "",
+        f"![lambda variation]({fig})",
+        "",
+        "Class-conditional samples of the same model:",
+        "",
+        f"![samples]({samples})",
+        "",
         f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
-        f"NMI {common.fmt(m['nmi'], 3)}, ARI {common.fmt(m['ari'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.", "",
-        *common.setup_lines(args, seconds, [common.run_name(EXP, args)]), *common.full_run_note("fig4.py"),
+        f"NMI {common.fmt(m['nmi'], 3)}, ARI {common.fmt(m['ari'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
+        "",
+        *common.setup_lines(args, seconds, [common.run_name(EXP, args)]),
+        *common.full_run_note("fig4.py"),
     ]
     common.write("fig4", lines)
 

@@ -11,8 +11,11 @@ import time
 
 import common
 
-RUNS = {"fig5_free_catvae": "free-prior recurrent CatVAE (left)", "fig5_catvae": "recurrent CatVAE (middle)",
-        "fig5_infocatvae": "recurrent InfoCatVAE (right)"}
+RUNS = {
+    "fig5_free_catvae": "free-prior recurrent CatVAE (left)",
+    "fig5_catvae": "recurrent CatVAE (middle)",
+    "fig5_infocatvae": "recurrent InfoCatVAE (right)",
+}
 
 
 def main() -> None:
@@ -23,20 +26,28 @@ def main() -> None:
         run_dir, _ = common.train(exp, args)
         m, out = common.evaluate(run_dir, "fig5", ["kde.enabled=false", "parzen.enabled=false"], args)
         fig = common.copy_figure(out / "samples.png", f"{exp}_samples.png")
-        rows.append(f"| {label} | {common.fmt(m['cluster_acc'], 3)} | {common.fmt(m['nmi'], 3)} | "
-                    f"{common.fmt(m['ari'], 3)} | {common.fmt(m['info_ce'], 3)} | {common.fmt(m['info_acc'], 3)} | "
-                    f"{common.fmt(m['test_recon'], 2)} |")
+        rows.append(
+            f"| {label} | {common.fmt(m['cluster_acc'], 3)} | {common.fmt(m['nmi'], 3)} | "
+            f"{common.fmt(m['ari'], 3)} | {common.fmt(m['info_ce'], 3)} | {common.fmt(m['info_acc'], 3)} | "
+            f"{common.fmt(m['test_recon'], 2)} |"
+        )
         body += [f"### {label}", "", f"![{exp}]({fig})", ""]
     seconds = time.perf_counter() - start
     lines = [
-        "# Figure 5: recurrent models on sequential MNIST", "",
+        "# Figure 5: recurrent models on sequential MNIST",
+        "",
         "Each image is a 28-step series of 28-pixel rows; GRU encoder and decoder (appendix C, Table 3), "
         "squared-error loss. One row of samples per category, z ~ p(z|c). The paper shows these samples only "
         "(no numbers): the fixed prior with information maximisation gives class-consistent rows, the free "
-        "prior does not. Measured on the 10K test images:", "",
+        "prior does not. Measured on the 10K test images:",
+        "",
         "| model | `cluster_acc` | `nmi` | `ari` | `info_ce` | `info_acc` | test recon (squared error) |",
-        "|---|---|---|---|---|---|---|", *rows, "", *body,
-        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS]), *common.full_run_note("fig5.py"),
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *body,
+        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS]),
+        *common.full_run_note("fig5.py"),
     ]
     common.write("fig5", lines)
 

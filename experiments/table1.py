@@ -11,8 +11,11 @@ import time
 
 import common
 
-PAPER = {"table1_aae": ("Adversarial autoencoder (K = 1)", 95.5), "table1_catvae": ("CatVAE (K = 10)", 111.2),
-         "table1_infocatvae": ("InfoCatVAE (K = 10)", 113.8)}
+PAPER = {
+    "table1_aae": ("Adversarial autoencoder (K = 1)", 95.5),
+    "table1_catvae": ("CatVAE (K = 10)", 111.2),
+    "table1_infocatvae": ("InfoCatVAE (K = 10)", 113.8),
+}
 
 
 def main() -> None:
@@ -22,16 +25,21 @@ def main() -> None:
     for exp, (label, paper) in PAPER.items():
         run_dir, _ = common.train(exp, args)
         m, out = common.evaluate(run_dir, "table1", ["info.enabled=false"], args)
-        rows.append(f"| {label} | {paper} | {common.fmt(m['kde_ll'])} ± {common.fmt(m['kde_ll_sem'])} | "
-                    f"{m['kde_bandwidth']} | {common.fmt(m['parzen_test_ll'])} ± {common.fmt(m['parzen_test_ll_sem'])} | "
-                    f"{m['parzen_bandwidth']} | {common.fmt(m['test_recon'], 1)} |")
+        rows.append(
+            f"| {label} | {paper} | {common.fmt(m['kde_ll'])} ± {common.fmt(m['kde_ll_sem'])} | "
+            f"{m['kde_bandwidth']} | {common.fmt(m['parzen_test_ll'])} ± {common.fmt(m['parzen_test_ll_sem'])} | "
+            f"{m['parzen_bandwidth']} | {common.fmt(m['test_recon'], 1)} |"
+        )
         figs.append(common.copy_figure(out / "samples.png", f"table1_{exp.removeprefix('table1_')}_samples.png"))
         last = m
     seconds = time.perf_counter() - start
     lines = [
-        "# Table 1: log-likelihood of generated samples (MNIST)", "",
+        "# Table 1: log-likelihood of generated samples (MNIST)",
+        "",
         "| model | paper LL | measured `kde_ll` (± s.e.) | h | `parzen_test_ll` (± s.e.) | h | test recon |",
-        "|---|---|---|---|---|---|---|", *rows, "",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
         "`kde_ll` is the paper's protocol: a Gaussian KDE fitted on the 60K training images, its bandwidth h "
         f"chosen by {last['kde_folds']}-fold cross-validated grid search over those {last['kde_fit_size']} "
         f"(grid and held-out scores: {last['kde_cv_scores']}), then the mean log-density of "
@@ -39,17 +47,22 @@ def main() -> None:
         "`parzen_test_ll` is the protocol of Goodfellow et al. (2014) and Makhzani et al. (2015): the density is "
         "fitted on the generated samples, h chosen on the 5K validation images the model never trained on, and the "
         "10K test images are scored. "
-        "The two protocols measure different things and are not comparable with each other.", "",
+        "The two protocols measure different things and are not comparable with each other.",
+        "",
         "The paper computed its numbers with scikit-learn's `KernelDensity`; ours are computed in torch "
         "(`infocatvae.metrics.kde_score_samples`). On 784-dimensional pixels scikit-learn's tree gives "
         "values that are off by hundreds of nats for points far from every training image (every kernel "
-        "underflows; see `tests/test_metrics.py`), so the paper's numbers may carry that error.", "",
+        "underflows; see `tests/test_metrics.py`), so the paper's numbers may carry that error.",
+        "",
         f"KDE search time (once per data set, cached): {common.fmt(last['kde_cv_seconds'], 0)} s when run "
         f"(cached: {last['kde_cv_cached']}); scoring {last['n_generated']} samples against 60K: "
         f"{common.fmt(last['kde_score_seconds'], 0)} s. When the search came from the cache, its cost is the "
-        "`kde_protocol` record of [bench.md](bench.md) (the same call on the same data).", "",
-        "Samples (one row per category; the AAE has one category):", "",
-        *[f"![{f}]({f})" for f in figs], "",
+        "`kde_protocol` record of [bench.md](bench.md) (the same call on the same data).",
+        "",
+        "Samples (one row per category; the AAE has one category):",
+        "",
+        *[f"![{f}]({f})" for f in figs],
+        "",
         *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER]),
         *common.full_run_note("table1.py"),
     ]

@@ -78,8 +78,10 @@ class FiniteLossGuard(L.Callback):
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
-            raise ValueError(f"callbacks.finite_loss.check_every_n_steps must be null or an integer >= 1, "
-                             f"got {check_every_n_steps!r}")
+            raise ValueError(
+                f"callbacks.finite_loss.check_every_n_steps must be null or an integer >= 1, "
+                f"got {check_every_n_steps!r}"
+            )
         self.requested = check_every_n_steps
         self.every = check_every_n_steps or 1
         self._terms: list[str] | None = None
@@ -96,9 +98,13 @@ class FiniteLossGuard(L.Callback):
         bad = ~torch.isfinite(values)
         is_new = bad.any() & (self._first[0] < 0)
         # torch.full launches a fill kernel; torch.tensor(..., device=cuda) would copy and synchronise.
-        candidate = torch.stack([torch.full((), trainer.global_step, dtype=torch.long, device=values.device),
-                                 torch.full((), batch_idx, dtype=torch.long, device=values.device),
-                                 bad.long().argmax()])
+        candidate = torch.stack(
+            [
+                torch.full((), trainer.global_step, dtype=torch.long, device=values.device),
+                torch.full((), batch_idx, dtype=torch.long, device=values.device),
+                bad.long().argmax(),
+            ]
+        )
         self._first = torch.where(is_new, candidate, self._first)
         if (batch_idx + 1) % self.every == 0:
             self.check(trainer)
@@ -165,8 +171,13 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException, SystemExit)):
             trainer.save_checkpoint(self.path)
-            log.warning("Interrupted (%s): saved %s at epoch %d, step %d", type(exception).__name__, self.path,
-                        trainer.current_epoch, trainer.global_step)
+            log.warning(
+                "Interrupted (%s): saved %s at epoch %d, step %d",
+                type(exception).__name__,
+                self.path,
+                trainer.current_epoch,
+                trainer.global_step,
+            )
 
 
 class EpochSnapshots(L.Callback):
@@ -199,8 +210,9 @@ class ImageLogger(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every or not trainer.is_global_zero:
             return
-        writer = next((lg.experiment for lg in trainer.loggers
-                       if isinstance(lg, L.pytorch.loggers.TensorBoardLogger)), None)
+        writer = next(
+            (lg.experiment for lg in trainer.loggers if isinstance(lg, L.pytorch.loggers.TensorBoardLogger)), None
+        )
         if writer is None:
             return
         x, _ = next(iter(trainer.val_dataloaders))

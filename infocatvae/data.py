@@ -163,8 +163,11 @@ class MNISTDataModule(L.LightningDataModule):
         super().__init__()
         if name not in DATASETS:
             raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
-        for field, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                  ("val_size", val_size, 1)):
+        for field, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("val_size", val_size, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"data.{field} must be an integer >= {low}, got {value!r}")
         if val_size >= 60000:
@@ -208,12 +211,20 @@ class MNISTDataModule(L.LightningDataModule):
         # A DistributedSampler also for one process: its permutation depends only on
         # (shuffle_seed, epoch), which Lightning sets each epoch, so a resumed run
         # sees the same batches as an uninterrupted one.
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed,
-                                     drop_last=False)
+        sampler = DistributedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed, drop_last=False
+        )
         # Its own generator: creating an iterator otherwise draws a base seed from torch's global RNG,
         # at a point that differs between an uninterrupted and a resumed run (see callbacks.EpochSeed).
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=_keep_batch, num_workers=0,
-                          pin_memory=False, generator=torch.Generator().manual_seed(self.shuffle_seed))
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_keep_batch,
+            num_workers=0,
+            pin_memory=False,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -97,8 +97,9 @@ def validation_images(data_dir: str, dataset: str, val_size: int, split_seed: in
     """The uint8 images (val_size, 28, 28) that ``MNISTDataModule`` holds out of the training set for
     validation with these settings: the module itself makes the split, so these are the images a model it
     trained never saw."""
-    dm = MNISTDataModule(name=dataset, data_dir=data_dir, val_size=val_size, split_seed=split_seed,
-                         on_device=False, download=False)
+    dm = MNISTDataModule(
+        name=dataset, data_dir=data_dir, val_size=val_size, split_seed=split_seed, on_device=False, download=False
+    )
     dm.setup("validate")
     return dm.val_set.images
 
@@ -186,8 +187,9 @@ def warn_edge(name: str, best: float, grid: list[float]) -> bool:
     return at_edge
 
 
-def cv_bandwidth(cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[float],
-                 device: torch.device) -> tuple[float, dict[float, float], bool]:
+def cv_bandwidth(
+    cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[float], device: torch.device
+) -> tuple[float, dict[float, float], bool]:
     """Table 1's k-fold search over the training images (the paper's: 5 folds over the 60K; the grid is
     ours, the paper does not give it). It depends on the data only, not on the model,
     so its result is kept in ``kde.cache_dir`` (keyed by data set, size, folds, seed and grid)
@@ -203,8 +205,9 @@ def cv_bandwidth(cfg: DictConfig, dataset: str, fit: torch.Tensor, grid: list[fl
                 return float(saved["best"]), {float(h): v for h, v in saved["scores"].items()}, True
         except (OSError, ValueError, KeyError):
             pass
-    best, scores = metrics.select_bandwidth(fit, grid, folds=cfg.kde.folds, seed=cfg.seed,
-                                            chunk_size=cfg.kde.chunk_size, device=device)
+    best, scores = metrics.select_bandwidth(
+        fit, grid, folds=cfg.kde.folds, seed=cfg.seed, chunk_size=cfg.kde.chunk_size, device=device
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -217,8 +220,15 @@ PARZEN_SPLITS = ("val", "train")
 
 
 @torch.no_grad()
-def density_metrics(cfg: DictConfig, dataset: str, train_flat: torch.Tensor, test_flat: torch.Tensor,
-                    gen: torch.Tensor, device: torch.device, val_flat: torch.Tensor | None = None) -> dict[str, Any]:
+def density_metrics(
+    cfg: DictConfig,
+    dataset: str,
+    train_flat: torch.Tensor,
+    test_flat: torch.Tensor,
+    gen: torch.Tensor,
+    device: torch.device,
+    val_flat: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """``kde_ll`` (Table 1, the paper's protocol) and ``parzen_test_ll`` (Goodfellow et al. / Makhzani et al.,
     not the paper's); not comparable.
 
@@ -239,13 +249,20 @@ def density_metrics(cfg: DictConfig, dataset: str, train_flat: torch.Tensor, tes
         best, scores, cached = cv_bandwidth(cfg, dataset, fit, grid, device)
         t1 = time.perf_counter()
         ll = metrics.kde_score_samples(fit, gen, best, chunk_size=cfg.kde.chunk_size, device=device)
-        out.update({
-            "kde_ll": float(ll.mean()), "kde_ll_sem": float(ll.std() / math.sqrt(len(ll))),
-            "kde_bandwidth": best, "kde_bandwidth_at_edge": warn_edge("kde", best, grid),
-            "kde_cv_scores": {str(h): s for h, s in scores.items()}, "kde_fit_size": len(fit),
-            "kde_folds": cfg.kde.folds,
-            "kde_cv_seconds": t1 - t0, "kde_cv_cached": cached, "kde_score_seconds": time.perf_counter() - t1,
-        })
+        out.update(
+            {
+                "kde_ll": float(ll.mean()),
+                "kde_ll_sem": float(ll.std() / math.sqrt(len(ll))),
+                "kde_bandwidth": best,
+                "kde_bandwidth_at_edge": warn_edge("kde", best, grid),
+                "kde_cv_scores": {str(h): s for h, s in scores.items()},
+                "kde_fit_size": len(fit),
+                "kde_folds": cfg.kde.folds,
+                "kde_cv_seconds": t1 - t0,
+                "kde_cv_cached": cached,
+                "kde_score_seconds": time.perf_counter() - t1,
+            }
+        )
     if cfg.parzen.enabled:
         t0 = time.perf_counter()
         split = parzen_split(cfg)
@@ -255,15 +272,22 @@ def density_metrics(cfg: DictConfig, dataset: str, train_flat: torch.Tensor, tes
         n_valid = cfg.parzen.get("n_valid")
         valid = pool[torch.randperm(len(pool), generator=g)[:n_valid]]
         grid = [float(b) for b in cfg.parzen.bandwidths]
-        best, scores = metrics.select_bandwidth_holdout(gen, valid, grid, chunk_size=cfg.parzen.chunk_size,
-                                                        device=device)
+        best, scores = metrics.select_bandwidth_holdout(
+            gen, valid, grid, chunk_size=cfg.parzen.chunk_size, device=device
+        )
         ll = metrics.kde_score_samples(gen, test_flat, best, chunk_size=cfg.parzen.chunk_size, device=device)
-        out.update({
-            "parzen_test_ll": float(ll.mean()), "parzen_test_ll_sem": float(ll.std() / math.sqrt(len(ll))),
-            "parzen_bandwidth": best, "parzen_bandwidth_at_edge": warn_edge("parzen", best, grid),
-            "parzen_valid_scores": {str(h): s for h, s in scores.items()}, "parzen_bandwidth_split": split,
-            "parzen_n_valid": len(valid), "parzen_seconds": time.perf_counter() - t0,
-        })
+        out.update(
+            {
+                "parzen_test_ll": float(ll.mean()),
+                "parzen_test_ll_sem": float(ll.std() / math.sqrt(len(ll))),
+                "parzen_bandwidth": best,
+                "parzen_bandwidth_at_edge": warn_edge("parzen", best, grid),
+                "parzen_valid_scores": {str(h): s for h, s in scores.items()},
+                "parzen_bandwidth_split": split,
+                "parzen_n_valid": len(valid),
+                "parzen_seconds": time.perf_counter() - t0,
+            }
+        )
     return out
 
 
@@ -279,20 +303,37 @@ def reader_metrics(cfg: DictConfig, dataset: str, model, device: torch.device) -
     training images (cached in ``reader.cache_dir``) reads ``reader.n_per_category`` samples of each
     category. ``gen_confidence``, ``gen_agreement``, ``gen_distinct`` and the reader's own ``reader_test_acc``."""
     rc = cfg.reader
-    settings = reader.ReaderSettings(epochs=rc.epochs, batch_size=rc.batch_size, lr=rc.lr, width=rc.width,
-                                     hidden=rc.hidden, seed=rc.seed, train_size=rc.get("train_size"))
+    settings = reader.ReaderSettings(
+        epochs=rc.epochs,
+        batch_size=rc.batch_size,
+        lr=rc.lr,
+        width=rc.width,
+        hidden=rc.hidden,
+        seed=rc.seed,
+        train_size=rc.get("train_size"),
+    )
     reader_device = device if rc.get("device") in (None, "auto") else pick_device(rc.device)
     r = reader.load_or_train(cfg.data.data_dir, dataset, settings, rc.get("cache_dir"), reader_device)
     target = reader.MIN_TEST_ACC.get(dataset)
     if target is not None and r.test_acc < target:
-        log.warning("reader: test accuracy %.4f on %s is below %.2f; its gen_* metrics are less trustworthy",
-                    r.test_acc, dataset, target)
+        log.warning(
+            "reader: test accuracy %.4f on %s is below %.2f; its gen_* metrics are less trustworthy",
+            r.test_acc,
+            dataset,
+            target,
+        )
     # Its own seed, so that the other metrics draw the same numbers with the reader on or off.
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         out = reader.read_samples(r.net, model, rc.n_per_category, cfg.batch_size)
-    return {**out, "reader_test_acc": r.test_acc, "reader_cached": r.cached, "reader_seconds": r.seconds,
-            "reader_train_seconds": r.train_seconds, "reader_path": str(r.path) if r.path is not None else None}
+    return {
+        **out,
+        "reader_test_acc": r.test_acc,
+        "reader_cached": r.cached,
+        "reader_seconds": r.seconds,
+        "reader_train_seconds": r.train_seconds,
+        "reader_path": str(r.path) if r.path is not None else None,
+    }
 
 
 @torch.no_grad()
@@ -373,9 +414,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     x_test = to_view(test_u8, sequential, device)
 
     results: dict[str, Any] = {
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "model": type(model).__name__, "K": model.K,
-        "likelihood": model.likelihood, "data": name, "sequential": sequential, "data_source": data_source,
-        "global_step": step, "device": str(device), "n_test": len(x_test), "seed": cfg.seed,
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "model": type(model).__name__,
+        "K": model.K,
+        "likelihood": model.likelihood,
+        "data": name,
+        "sequential": sequential,
+        "data_source": data_source,
+        "global_step": step,
+        "device": str(device),
+        "n_test": len(x_test),
+        "seed": cfg.seed,
     }
     results.update(test_metrics(model, x_test, test_y, cfg.batch_size))
     if cfg.info.enabled and model.K > 1:
@@ -390,8 +439,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             val_size, split_seed, split_source = split_view(cfg)
             val_u8 = validation_images(cfg.data.data_dir, name, val_size, split_seed)
             val_flat = val_u8.reshape(len(val_u8), -1).float().div_(255.0)
-            results.update({"parzen_val_size": val_size, "parzen_split_seed": split_seed,
-                            "parzen_split_source": split_source})
+            results.update(
+                {"parzen_val_size": val_size, "parzen_split_seed": split_seed, "parzen_split_source": split_source}
+            )
         results.update(density_metrics(cfg, name, train_flat, test_flat, x_gen.cpu(), device, val_flat))
     if cfg.get("reader") is not None and cfg.reader.enabled and model.K > 1:
         results.update(reader_metrics(cfg, name, model, device))
@@ -410,8 +460,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for fig in figs.values():
             if not torch.is_tensor(fig):
                 plt.close(fig)
-    log.info("Evaluated %s → %s: %s", cfg.ckpt_path, out_dir / "metrics.json",
-             {k: round(v, 4) for k, v in results.items() if isinstance(v, float)})
+    log.info(
+        "Evaluated %s → %s: %s",
+        cfg.ckpt_path,
+        out_dir / "metrics.json",
+        {k: round(v, 4) for k, v in results.items() if isinstance(v, float)},
+    )
     return results
 
 

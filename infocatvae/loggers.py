@@ -41,8 +41,10 @@ def require(module: str, extra: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"the {extra} logger needs the optional package '{module}', which is not installed: "
-                          f"pip install 'infocatvae[{extra}]' (or choose another logger=...)") from err
+        raise ImportError(
+            f"the {extra} logger needs the optional package '{module}', which is not installed: "
+            f"pip install 'infocatvae[{extra}]' (or choose another logger=...)"
+        ) from err
 
 
 def read_run_id(path: Path) -> str | None:
@@ -93,8 +95,12 @@ class _AppendingWriter(ExperimentWriter):
             fields, rows = reader.fieldnames or [], list(reader)
         kept = [r for r in rows if not r.get("step") or float(r["step"]) < step]
         if len(kept) < len(rows):
-            log.info("CSV log %s: dropping %d rows from step %d on (logged after the checkpoint resumed from)",
-                     self.metrics_file_path, len(rows) - len(kept), step)
+            log.info(
+                "CSV log %s: dropping %d rows from step %d on (logged after the checkpoint resumed from)",
+                self.metrics_file_path,
+                len(rows) - len(kept),
+                step,
+            )
             with self._fs.open(self.metrics_file_path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
@@ -126,14 +132,16 @@ class MLFlowLogger(pl_loggers.MLFlowLogger):
         **kwargs: Lightning's MLFlowLogger arguments (``tracking_uri``, ``experiment_name``, ...).
     """
 
-    def __init__(self, run_dir: str | Path, run_name: str | None = None, run_id: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, run_dir: str | Path, run_name: str | None = None, run_id: str | None = None, **kwargs: Any
+    ) -> None:
         require("mlflow", "mlflow")
         self._run_id_file = Path(run_dir) / MLFLOW_RUN_ID_FILE
         self._stored_run_id = None if run_id else read_run_id(self._run_id_file)
         self._run_id_saved = False
-        super().__init__(run_name=run_name or Path(run_dir).resolve().name,
-                         run_id=run_id or self._stored_run_id, **kwargs)
+        super().__init__(
+            run_name=run_name or Path(run_dir).resolve().name, run_id=run_id or self._stored_run_id, **kwargs
+        )
 
     @property
     @rank_zero_experiment
@@ -144,13 +152,21 @@ class MLFlowLogger(pl_loggers.MLFlowLogger):
             try:
                 run = self._mlflow_client.get_run(self._stored_run_id)
             except MlflowException as err:
-                log.warning("MLflow run %s (from %s) is not in %s (%s); starting a new MLflow run",
-                            self._stored_run_id, self._run_id_file, self._tracking_uri, err)
+                log.warning(
+                    "MLflow run %s (from %s) is not in %s (%s); starting a new MLflow run",
+                    self._stored_run_id,
+                    self._run_id_file,
+                    self._tracking_uri,
+                    err,
+                )
                 self._run_id = None
             else:
                 if run.info.lifecycle_stage == "deleted":
-                    log.warning("MLflow run %s (from %s) was deleted; starting a new MLflow run",
-                                self._stored_run_id, self._run_id_file)
+                    log.warning(
+                        "MLflow run %s (from %s) was deleted; starting a new MLflow run",
+                        self._stored_run_id,
+                        self._run_id_file,
+                    )
                     self._run_id = None
                 else:
                     log.info("Resuming MLflow run %s (%s)", self._stored_run_id, self._tracking_uri)
@@ -177,8 +193,15 @@ class WandbLogger(pl_loggers.WandbLogger):
         **kwargs: Lightning's WandbLogger arguments (``project``, ``offline``, ...).
     """
 
-    def __init__(self, run_dir: str | Path, id: str | None = None, name: str | None = None,
-                 resume: str = "allow", save_dir: str | Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        id: str | None = None,
+        name: str | None = None,
+        resume: str = "allow",
+        save_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         require("wandb", "wandb")
         id_file = Path(run_dir) / WANDB_RUN_ID_FILE
         if id is None:
@@ -186,8 +209,9 @@ class WandbLogger(pl_loggers.WandbLogger):
             if id is None:
                 id = uuid.uuid4().hex[:16]
                 write_run_id(id_file, id)
-        super().__init__(id=id, name=name or Path(run_dir).resolve().name, resume=resume,
-                         save_dir=str(save_dir or run_dir), **kwargs)
+        super().__init__(
+            id=id, name=name or Path(run_dir).resolve().name, resume=resume, save_dir=str(save_dir or run_dir), **kwargs
+        )
 
     @property
     @rank_zero_experiment

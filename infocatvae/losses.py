@@ -42,9 +42,7 @@ def gaussian_kl(
 ) -> torch.Tensor:
     """Closed-form KL(N(mu, e^logvar) ‖ N(prior_mu, e^prior_logvar)), summed over the last axis (float32)."""
     mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (
-        prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
-    ).sum(-1)
+    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0).sum(-1)
 
 
 def kl_cont(
@@ -63,8 +61,9 @@ def kl_cont(
     return (q_c * gaussian_kl(mu, logvar, prior_means, prior_logvar)).sum(-1)
 
 
-def reconstruction(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli",
-                   step_size: int = 28) -> torch.Tensor:
+def reconstruction(
+    logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli", step_size: int = 28
+) -> torch.Tensor:
     """−log p(x|z) up to a constant, from the decoder's logits (pre-sigmoid outputs).
 
     ``bernoulli``: binary cross-entropy of the pixels, summed (the static-image decoder of

@@ -85,8 +85,9 @@ class _PruneEmbedding:
     pair is dropped only when its bound exceeds the threshold by more than that.
     """
 
-    def __init__(self, fit: torch.Tensor, fit_sq: torch.Tensor, dims: int = PRUNE_DIMS, sample: int = 1024,
-                 niter: int = 2):
+    def __init__(
+        self, fit: torch.Tensor, fit_sq: torch.Tensor, dims: int = PRUNE_DIMS, sample: int = 1024, niter: int = 2
+    ):
         n, d = fit.shape
         self.k = min(dims, d)
         # Principal directions of an evenly strided subsample by randomised subspace iteration in
@@ -130,16 +131,25 @@ class _PruneEmbedding:
         return (2.0 * (self.k + 6) * self.unit + 1e-6) * scale
 
 
-def _lse_dense(y: torch.Tensor, y_sq: torch.Tensor, fit: torch.Tensor, fit_sq: torch.Tensor,
-               coefs: list[float]) -> torch.Tensor:
+def _lse_dense(
+    y: torch.Tensor, y_sq: torch.Tensor, fit: torch.Tensor, fit_sq: torch.Tensor, coefs: list[float]
+) -> torch.Tensor:
     """logsumexp_j(a·||y_i − x_j||²) over every fitted point, for each coefficient a < 0:
     (len(coefs), len(y)), from one float64 matrix product (||y||² + ||x||² − 2 y·x)."""
     d2 = torch.addmm(fit_sq[None, :], y, fit.T, alpha=-2.0).add_(y_sq[:, None]).clamp_(min=0.0)
     return torch.stack([torch.logsumexp(d2 * a, dim=1) for a in coefs])
 
 
-def _lse_pruned(y: torch.Tensor, y_sq: torch.Tensor, fit: torch.Tensor, fit_sq: torch.Tensor,
-                emb: _PruneEmbedding, coefs: list[float], bound: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
+def _lse_pruned(
+    y: torch.Tensor,
+    y_sq: torch.Tensor,
+    fit: torch.Tensor,
+    fit_sq: torch.Tensor,
+    emb: _PruneEmbedding,
+    coefs: list[float],
+    bound: torch.Tensor,
+    keep: torch.Tensor,
+) -> torch.Tensor | None:
     """The same as ``_lse_dense``, to float64 rounding, over only the fitted points whose kernel can
     matter; None when too many can (the dense product is then faster).
 
@@ -162,14 +172,16 @@ def _lse_pruned(y: torch.Tensor, y_sq: torch.Tensor, fit: torch.Tensor, fit_sq: 
     crow = torch.searchsorted(rows, torch.arange(len(y) + 1, device=y.device), out_int32=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        pattern = torch.sparse_csr_tensor(crow, cols.int(), y_sq[rows] + fit_sq[cols], (len(y), len(fit)),
-                                          check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            crow, cols.int(), y_sq[rows] + fit_sq[cols], (len(y), len(fit)), check_invariants=False
+        )
         d2 = torch.sparse.sampled_addmm(pattern, y, fit.T, alpha=-2.0).values().clamp_(min=0.0)
     # Per-row logsumexp over the kept pairs (CSR order): shift each row by its smallest distance.
     d2_min = torch.segment_reduce(d2, "min", offsets=crow)
     shifted = d2 - d2_min[rows]
-    return torch.stack([torch.segment_reduce(torch.exp(shifted * a), "sum", offsets=crow).log_() + a * d2_min
-                        for a in coefs])
+    return torch.stack(
+        [torch.segment_reduce(torch.exp(shifted * a), "sum", offsets=crow).log_() + a * d2_min for a in coefs]
+    )
 
 
 def _log_norm(n_fit: int, dim: int, h: torch.Tensor) -> torch.Tensor:
@@ -178,8 +190,9 @@ def _log_norm(n_fit: int, dim: int, h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kde_score_grid(fit_data, samples, bandwidths, chunk_size: int = DEFAULT_CHUNK,
-                   device: str | torch.device | None = None) -> torch.Tensor:
+def kde_score_grid(
+    fit_data, samples, bandwidths, chunk_size: int = DEFAULT_CHUNK, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Per-sample Gaussian-KDE log-densities of ``samples`` for every bandwidth: (len(bandwidths), M).
 
     ``log p_h(y) = logsumexp_i(−||y − x_i||² / (2h²)) − log N − (D/2) log(2π h²)`` in float64,
@@ -221,8 +234,9 @@ def kde_score_grid(fit_data, samples, bandwidths, chunk_size: int = DEFAULT_CHUN
     return out - _log_norm(len(fit), fit.shape[1], h)[:, None]
 
 
-def kde_score_samples(fit_data, samples, bandwidth: float, chunk_size: int = DEFAULT_CHUNK,
-                      device: str | torch.device | None = None) -> torch.Tensor:
+def kde_score_samples(
+    fit_data, samples, bandwidth: float, chunk_size: int = DEFAULT_CHUNK, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Per-sample log-densities equal to scikit-learn's
     ``KernelDensity(kernel="gaussian", bandwidth=h).fit(fit_data).score_samples(samples)``
     (float64 tensor of shape (M,), on ``device``)."""
@@ -238,8 +252,14 @@ def kfold_indices(n: int, folds: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def select_bandwidth(data, bandwidths, folds: int = 5, seed: int = 0, chunk_size: int = DEFAULT_CHUNK,
-                     device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
+def select_bandwidth(
+    data,
+    bandwidths,
+    folds: int = 5,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    device: str | torch.device | None = None,
+) -> tuple[float, dict[float, float]]:
     """Cross-validated grid search over ``bandwidths`` (Table 1: 5 folds over the training images).
 
     For each fold, a KDE is fitted on the other folds and scored on it; the score of h is the mean
@@ -260,8 +280,9 @@ def select_bandwidth(data, bandwidths, folds: int = 5, seed: int = 0, chunk_size
 
 
 @torch.no_grad()
-def select_bandwidth_holdout(fit_data, valid, bandwidths, chunk_size: int = DEFAULT_CHUNK,
-                             device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
+def select_bandwidth_holdout(
+    fit_data, valid, bandwidths, chunk_size: int = DEFAULT_CHUNK, device: str | torch.device | None = None
+) -> tuple[float, dict[float, float]]:
     """The bandwidth maximising the mean log-density of ``valid`` under a KDE on ``fit_data``
     (the Parzen protocol of Goodfellow et al. 2014 and Makhzani et al. 2015, where ``valid`` is a
     validation set the model did not train on). Returns (best h, {h: score})."""

@@ -34,11 +34,20 @@ class MLPDecoder(nn.Module):
     Returns the logits, before the sigmoid; ``output_dropout`` is the dropout on them (the
     paper's 0.25; the authors' public code has none)."""
 
-    def __init__(self, latent_dim: int, hidden: int = 400, dropout: float = 0.25, output_dropout: float = 0.25,
-                 out_dim: int = 784) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: int = 400,
+        dropout: float = 0.25,
+        output_dropout: float = 0.25,
+        out_dim: int = 784,
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, out_dim),
+            nn.Linear(latent_dim, hidden),
+            nn.Dropout(dropout),
+            nn.ReLU(),
+            nn.Linear(hidden, out_dim),
             nn.Dropout(output_dropout),
         )
 
@@ -65,8 +74,9 @@ class GRUDecoder(nn.Module):
     28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns the logits before the
     sigmoid, (B, steps·row_dim)."""
 
-    def __init__(self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28,
-                 output_dropout: float = 0.0) -> None:
+    def __init__(
+        self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28, output_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.steps = steps
         self.init = nn.Linear(latent_dim, hidden)

@@ -33,6 +33,7 @@ def centroids_grid(model) -> torch.Tensor:
 
 # ---- evaluation figures ------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def interpolation_grid(model, steps: int = 9) -> torch.Tensor:
     """Figure 3: row c starts at decode(µ_c) and walks to µ_(c+1 mod K) in ``steps`` equal steps:
@@ -64,7 +65,6 @@ def pca_figure(codes: torch.Tensor, labels: torch.Tensor, title: str = "latent m
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import numpy as np
     from sklearn.decomposition import PCA
 

@@ -60,8 +60,9 @@ class ReaderCNN(nn.Module):
             return [nn.Conv2d(c_in, c_out, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
         self.features = nn.Sequential(*block(1, width), *block(width, 2 * width))  # 28 → 14 → 7
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 7 * 7, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, n_labels))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, n_labels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(len(x), 1, 28, 28).float()
@@ -93,9 +94,17 @@ class ReaderSettings:
             raise ValueError(f"reader.lr must be a number > 0, got {self.lr!r}")
 
     def key(self, dataset: str) -> dict[str, Any]:
-        return {"version": READER_VERSION, "data": dataset, "epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": float(self.lr), "width": self.width, "hidden": self.hidden, "seed": self.seed,
-                "train_size": self.train_size}
+        return {
+            "version": READER_VERSION,
+            "data": dataset,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": float(self.lr),
+            "width": self.width,
+            "hidden": self.hidden,
+            "seed": self.seed,
+            "train_size": self.train_size,
+        }
 
 
 @dataclass
@@ -117,8 +126,9 @@ def _device_rngs(device: torch.device) -> list:
     return [device] if device.type == "cuda" else []
 
 
-def train_reader(images: torch.Tensor, labels: torch.Tensor, settings: ReaderSettings,
-                 device: str | torch.device = "cpu") -> ReaderCNN:
+def train_reader(
+    images: torch.Tensor, labels: torch.Tensor, settings: ReaderSettings, device: str | torch.device = "cpu"
+) -> ReaderCNN:
     """Adam on cross-entropy over ``images`` (uint8 (N, 28, 28) or floats in [0, 1]), its learning rate
     decayed linearly to 0, seeded by ``settings.seed``; torch's global random state is left as it was."""
     device = torch.device(device)
@@ -160,8 +170,13 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_s
     return float((pred == labels.cpu()).float().mean())
 
 
-def load_or_train(data_dir: str | Path, dataset: str, settings: ReaderSettings | None = None,
-                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Reader:
+def load_or_train(
+    data_dir: str | Path,
+    dataset: str,
+    settings: ReaderSettings | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> Reader:
     """The reader of ``dataset``: read from ``cache_dir`` when a file there has the same key
     (data set, settings, READER_VERSION), else trained on the real training images, scored on the
     real test images and saved there (null ``cache_dir``: not kept)."""
@@ -176,8 +191,14 @@ def load_or_train(data_dir: str | Path, dataset: str, settings: ReaderSettings |
             if saved.get("key") == key:
                 net = ReaderCNN(settings.width, settings.hidden)
                 net.load_state_dict(saved["state_dict"])
-                return Reader(net.to(device).eval(), float(saved["test_acc"]), True, time.perf_counter() - t0,
-                              float(saved.get("train_seconds", float("nan"))), path)
+                return Reader(
+                    net.to(device).eval(),
+                    float(saved["test_acc"]),
+                    True,
+                    time.perf_counter() - t0,
+                    float(saved.get("train_seconds", float("nan"))),
+                    path,
+                )
         except Exception as err:  # a truncated or foreign file (torch.load raises several kinds): train again
             log.warning("reader cache %s unreadable (%s); training again", path, err)
     ensure_dataset(data_dir, dataset, download=False)
@@ -190,8 +211,13 @@ def load_or_train(data_dir: str | Path, dataset: str, settings: ReaderSettings |
     train_seconds = time.perf_counter() - t0
     test_images, test_labels = load_split(data_dir, dataset, train=False)
     test_acc = accuracy(net, test_images, test_labels)
-    log.info("reader for %s trained in %.1f s on %d images: test accuracy %.4f", dataset, train_seconds,
-             len(labels), test_acc)
+    log.info(
+        "reader for %s trained in %.1f s on %d images: test accuracy %.4f",
+        dataset,
+        train_seconds,
+        len(labels),
+        test_acc,
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -229,8 +255,12 @@ def read_samples(net: nn.Module, model, n_per_category: int, batch_size: int = 1
     if not isinstance(n_per_category, int) or isinstance(n_per_category, bool) or n_per_category < 1:
         raise ValueError(f"reader.n_per_category must be an integer >= 1, got {n_per_category!r}")
     c = torch.arange(model.K, device=model.device).repeat_interleave(n_per_category)
-    probs = torch.cat([predict_proba(net, model.sample(c[s : s + batch_size]), batch_size).cpu()
-                       for s in range(0, len(c), batch_size)])
+    probs = torch.cat(
+        [
+            predict_proba(net, model.sample(c[s : s + batch_size]), batch_size).cpu()
+            for s in range(0, len(c), batch_size)
+        ]
+    )
     out = sample_metrics(probs.reshape(model.K, n_per_category, -1))
     out["gen_n_per_category"] = n_per_category
     return out

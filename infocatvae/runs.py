@@ -69,12 +69,16 @@ def check_output_dir(run_dir: Path) -> None:
         probe.write_bytes(b"\0" * 4096)
         probe.unlink()
     except OSError as err:
-        raise RuntimeError(f"the output folder {run_dir} cannot be written ({err.strerror or err}); "
-                           f"choose another with hydra.run.dir=<folder> or paths.log_dir=<folder>") from err
+        raise RuntimeError(
+            f"the output folder {run_dir} cannot be written ({err.strerror or err}); "
+            f"choose another with hydra.run.dir=<folder> or paths.log_dir=<folder>"
+        ) from err
     free = shutil.disk_usage(run_dir).free
     if free < MIN_FREE_BYTES:
-        raise RuntimeError(f"the disk holding {run_dir} has {free / 2**20:.0f} MiB free; "
-                           f"at least {MIN_FREE_BYTES // 2**20} MiB are needed for checkpoints and logs")
+        raise RuntimeError(
+            f"the disk holding {run_dir} has {free / 2**20:.0f} MiB free; "
+            f"at least {MIN_FREE_BYTES // 2**20} MiB are needed for checkpoints and logs"
+        )
 
 
 class RunLock:
@@ -102,7 +106,8 @@ class RunLock:
             os.close(fd)
             raise RunFolderBusy(
                 f"the run folder {self.path.parent} is in use by another job (process {holder}); wait for it "
-                f"to end or stop it, or choose another folder with hydra.run.dir=<folder>") from None
+                f"to end or stop it, or choose another folder with hydra.run.dir=<folder>"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self.fd = fd

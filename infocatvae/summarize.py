@@ -32,8 +32,16 @@ import yaml
 
 from infocatvae.runs import STATUS_FILE
 
-METRIC_ORDER = ("val/loss", "val/recon", "val/kl_cat", "val/kl_cont", "val/info", "val/marginal", "val/cluster_acc",
-                "val/nmi")
+METRIC_ORDER = (
+    "val/loss",
+    "val/recon",
+    "val/kl_cat",
+    "val/kl_cont",
+    "val/info",
+    "val/marginal",
+    "val/cluster_acc",
+    "val/nmi",
+)
 SEED_KEY = "seed"
 
 
@@ -133,8 +141,9 @@ def to_csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return buf.getvalue()
 
 
-def summarize(sweep_dir: str | Path, sort: str | None = None, descending: bool | None = None
-              ) -> tuple[list[dict[str, Any]], list[str]]:
+def summarize(
+    sweep_dir: str | Path, sort: str | None = None, descending: bool | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Read every job of the sweep, write ``summary.md`` and ``summary.csv`` there; returns (rows, columns)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -173,8 +182,11 @@ def group_rows(rows: list[dict[str, Any]], group_by: list[str]) -> tuple[list[di
         g: dict[str, Any] = {f"override:{k}": v for k, v in zip(group_by, key)}
         g.update(jobs=len(members), n=len(done))
         for m in metrics:
-            values = [float(r[m]) for r in done
-                      if isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool) and math.isfinite(r[m])]
+            values = [
+                float(r[m])
+                for r in done
+                if isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool) and math.isfinite(r[m])
+            ]
             g[f"{m}_n"] = len(values)
             if values:
                 g[m] = statistics.fmean(values)
@@ -189,7 +201,7 @@ def groups_to_markdown(groups: list[dict[str, Any]], cols: list[str]) -> str:
     """The group table of ``group_rows``' rows and columns, with one ``mean ± std`` column per metric
     (``(m)`` after it when only m < n of the completed jobs have the metric)."""
     group_by = [c.removeprefix("override:") for c in cols if c.startswith("override:")]
-    metrics = cols[len(group_by) + 2::3]  # each metric's mean column, then its _std and _n
+    metrics = cols[len(group_by) + 2 :: 3]  # each metric's mean column, then its _std and _n
     head = group_by + ["jobs", "n"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for g in groups:
@@ -210,8 +222,10 @@ def check_group_by(rows: list[dict[str, Any]], group_by: list[str]) -> None:
     known = override_keys(rows)
     unknown = [k for k in group_by if k not in known]
     if unknown:
-        raise KeyError(f"--group-by: no job overrides {', '.join(unknown)}; the overridden keys are: "
-                       f"{', '.join(known) or '(none)'}")
+        raise KeyError(
+            f"--group-by: no job overrides {', '.join(unknown)}; the overridden keys are: "
+            f"{', '.join(known) or '(none)'}"
+        )
 
 
 def group_sizes(rows: list[dict[str, Any]], group_by: list[str]) -> list[int]:
@@ -223,9 +237,13 @@ def group_sizes(rows: list[dict[str, Any]], group_by: list[str]) -> list[int]:
     return list(sizes.values())
 
 
-def summarize_groups(rows: list[dict[str, Any]], sweep_dir: str | Path, group_by: list[str] | None = None,
-                     sort: str | None = None, descending: bool | None = None
-                     ) -> tuple[list[dict[str, Any]], list[str], str]:
+def summarize_groups(
+    rows: list[dict[str, Any]],
+    sweep_dir: str | Path,
+    group_by: list[str] | None = None,
+    sort: str | None = None,
+    descending: bool | None = None,
+) -> tuple[list[dict[str, Any]], list[str], str]:
     """Group the jobs (by ``group_by``, default every override but ``seed``), write ``summary_groups.md``
     and ``summary_groups.csv`` into ``sweep_dir``; returns (group rows, CSV columns, Markdown table)."""
     group_by = default_group_by(rows) if group_by is None else list(group_by)
@@ -248,15 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="the sweep folder (hydra.sweep.dir), e.g. logs/train/multirun/paper")
     parser.add_argument("--sort", metavar="METRIC", help="sort by this column, e.g. val/cluster_acc or val/loss")
     order = parser.add_mutually_exclusive_group()
-    order.add_argument("--ascending", dest="descending", action="store_false", default=None,
-                       help="smallest first (the default for losses)")
-    order.add_argument("--descending", dest="descending", action="store_true",
-                       help="largest first (the default for scores such as cluster_acc and nmi)")
-    parser.add_argument("--group-by", metavar="KEYS", type=_keys, default=None,
-                        help="comma-separated override keys whose jobs form one group, e.g. model.K,model.lam "
-                             "(default: every override except seed); the mean ± std of each metric over a "
-                             "group's completed jobs is printed and written to summary_groups.md/.csv "
-                             "(without --group-by, only when some group holds several jobs, e.g. seeds)")
+    order.add_argument(
+        "--ascending",
+        dest="descending",
+        action="store_false",
+        default=None,
+        help="smallest first (the default for losses)",
+    )
+    order.add_argument(
+        "--descending",
+        dest="descending",
+        action="store_true",
+        help="largest first (the default for scores such as cluster_acc and nmi)",
+    )
+    parser.add_argument(
+        "--group-by",
+        metavar="KEYS",
+        type=_keys,
+        default=None,
+        help="comma-separated override keys whose jobs form one group, e.g. model.K,model.lam "
+        "(default: every override except seed); the mean ± std of each metric over a "
+        "group's completed jobs is printed and written to summary_groups.md/.csv "
+        "(without --group-by, only when some group holds several jobs, e.g. seeds)",
+    )
     args = parser.parse_args(argv)
     try:
         rows, cols = summarize(args.sweep_dir, args.sort, args.descending)
@@ -275,15 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"\n{len(rows)} jobs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
-          f"written to {Path(args.sweep_dir) / 'summary.md'} and summary.csv")
+    print(
+        f"\n{len(rows)} jobs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+        f"written to {Path(args.sweep_dir) / 'summary.md'} and summary.csv"
+    )
     if args.group_by is not None or max(group_sizes(rows, group_by)) > 1:
         groups, _, table = summarize_groups(rows, args.sweep_dir, group_by, args.sort, args.descending)
-        print(f"\nBy {', '.join(group_by) or 'nothing (all jobs together)'}: mean ± standard deviation over the "
-              f"completed jobs of each group (n)\n")
+        print(
+            f"\nBy {', '.join(group_by) or 'nothing (all jobs together)'}: mean ± standard deviation over the "
+            f"completed jobs of each group (n)\n"
+        )
         print(table, end="")
-        print(f"\n{len(groups)} groups; written to {Path(args.sweep_dir) / 'summary_groups.md'} and "
-              f"summary_groups.csv")
+        print(f"\n{len(groups)} groups; written to {Path(args.sweep_dir) / 'summary_groups.md'} and summary_groups.csv")
     return 0
 
 

@@ -17,20 +17,19 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
-
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
 
 from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.models import CheckpointError, check_compatible, read_checkpoint
 from infocatvae.models.base import MODEL_KEY
-from infocatvae.runs import (RunLock, check_output_dir, is_own, last_ckpt, read_status,  # noqa: F401 (read_status: API)
-                             write_status)
+from infocatvae.runs import RunLock, check_output_dir, is_own, last_ckpt, read_status, write_status  # noqa: F401 (read_status: API)
 
 log = logging.getLogger(__name__)
+
 
 def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
     """The checkpoint to resume from, checked against the configured model before anything is written.
@@ -54,8 +53,10 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule)
         return None
     ckpt = read_checkpoint(path)  # CheckpointError names the file
     if hydra.utils.get_class(ckpt[MODEL_KEY]) is not type(model):
-        raise CheckpointError(f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
-                              f"{cfg.model._target_}; choose the matching model=... or another checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
+            f"{cfg.model._target_}; choose the matching model=... or another checkpoint"
+        )
     check_compatible(ckpt, model, path)
     log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
     return str(path)
@@ -105,9 +106,11 @@ def check_strategy(cfg: DictConfig) -> None:
         except ValueError:  # no Hydra (tests calling train() directly)
             multirun = False
         if multirun:
-            raise ValueError("trainer.strategy=ddp cannot run inside a local multirun (Lightning's launcher re-runs "
-                             "the command line); use trainer.strategy=ddp_spawn, or submit to SLURM with "
-                             "hydra.launcher.tasks_per_node equal to trainer.devices")
+            raise ValueError(
+                "trainer.strategy=ddp cannot run inside a local multirun (Lightning's launcher re-runs "
+                "the command line); use trainer.strategy=ddp_spawn, or submit to SLURM with "
+                "hydra.launcher.tasks_per_node equal to trainer.devices"
+            )
 
 
 def cpu_threads(cfg: DictConfig) -> int:
@@ -143,10 +146,14 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     status = read_status(run_dir)
     max_epochs = cfg.trainer.get("max_epochs")
     explicit = cfg.get("ckpt_path")
-    if (status.get("status") == "completed" and status.get("max_epochs") == max_epochs
-            and not (explicit and is_own(explicit, run_dir))):
-        log.info("Job in %s already completed %s epochs; skipping (delete its status.json to retrain)",
-                 run_dir, max_epochs)
+    if (
+        status.get("status") == "completed"
+        and status.get("max_epochs") == max_epochs
+        and not (explicit and is_own(explicit, run_dir))
+    ):
+        log.info(
+            "Job in %s already completed %s epochs; skipping (delete its status.json to retrain)", run_dir, max_epochs
+        )
         return status.get("metrics", {})
 
     trainer: L.Trainer | None = None
@@ -170,8 +177,14 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.info("torch CPU threads: %d", torch.get_num_threads())
         fit_model = torch.compile(model) if cfg.get("compile") else model
 
-        write_status(run_dir, status="running", model=cfg.model._target_, max_epochs=max_epochs,
-                     resumed_from=ckpt_path, error=None)
+        write_status(
+            run_dir,
+            status="running",
+            model=cfg.model._target_,
+            max_epochs=max_epochs,
+            resumed_from=ckpt_path,
+            error=None,
+        )
         # In-memory batches need no worker processes (see data.py).
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         # resuming into the run's own checkpoints/ folder is the point, not a mistake
@@ -179,8 +192,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
-        metrics = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
-                   if v.numel() == 1 and not k.endswith("_step")}
+        metrics = {
+            k.removesuffix("_epoch"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if v.numel() == 1 and not k.endswith("_step")
+        }
         if cfg.get("test"):
             for k, v in trainer.test(model, datamodule=datamodule)[0].items():
                 metrics[k] = float(v)
@@ -190,9 +206,13 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 if isinstance(lg, L.pytorch.loggers.TensorBoardLogger):
                     lg.log_hyperparams(flat_hparams(cfg), hp_metrics)
     except BaseException as err:
-        write_status(run_dir, status="interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed",
-                     error=f"{type(err).__name__}: {err}",
-                     epoch=trainer.current_epoch if trainer else None, step=trainer.global_step if trainer else None)
+        write_status(
+            run_dir,
+            status="interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed",
+            error=f"{type(err).__name__}: {err}",
+            epoch=trainer.current_epoch if trainer else None,
+            step=trainer.global_step if trainer else None,
+        )
         if isinstance(err, SIGTERMException):  # Lightning's SIGTERM exit is SystemExit(None): status 0
             raise SystemExit(128 + signal.SIGTERM) from err
         raise

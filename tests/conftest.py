@@ -32,8 +32,9 @@ def cli_env() -> dict:
 
 def run_entry(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from the repository root, on the real data, output captured."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=cli_env(),
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="session")

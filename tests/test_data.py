@@ -65,16 +65,22 @@ def test_missing_files_without_network_name_folder_and_files(tmp_path, monkeypat
 def test_truncated_file_is_named(tmp_path, data_dir):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         data = (Path(data_dir) / "MNIST" / "raw" / name).read_bytes()
         (raw / name).write_bytes(data[: len(data) // 2] if name.startswith("t10k-images") else data)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte is truncated or corrupt"):
         ensure_dataset(tmp_path, "mnist")
 
 
-@pytest.mark.parametrize("kwargs,field", [({"name": "cifar"}, "data.name"), ({"batch_size": 0}, "data.batch_size"),
-                                          ({"val_size": 70000}, "data.val_size")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [({"name": "cifar"}, "data.name"), ({"batch_size": 0}, "data.batch_size"), ({"val_size": 70000}, "data.val_size")],
+)
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         MNISTDataModule(**kwargs)

@@ -25,11 +25,23 @@ MODELS = {
     "aae": ["model=aae"],
     "aae_k10": ["model=aae", "model.K=10"],
 }
-SMALL = ["n_test=300", "n_generated=200", "kde.fit_size=300", "kde.folds=2", "kde.cache_dir=null",
-         "parzen.n_valid=200", "info.n_samples=200", "figures.pca_points=200", "batch_size=100",
-         # a reader trained on 1,000 images for one epoch (under a second), not cached: tests/test_reader.py
-         # checks the real one
-         "reader.train_size=1000", "reader.epochs=1", "reader.n_per_category=20", "reader.cache_dir=null"]
+SMALL = [
+    "n_test=300",
+    "n_generated=200",
+    "kde.fit_size=300",
+    "kde.folds=2",
+    "kde.cache_dir=null",
+    "parzen.n_valid=200",
+    "info.n_samples=200",
+    "figures.pca_points=200",
+    "batch_size=100",
+    # a reader trained on 1,000 images for one epoch (under a second), not cached: tests/test_reader.py
+    # checks the real one
+    "reader.train_size=1000",
+    "reader.epochs=1",
+    "reader.n_per_category=20",
+    "reader.cache_dir=null",
+]
 READER_KEYS = ("gen_confidence", "gen_agreement", "gen_distinct", "reader_test_acc")
 
 
@@ -51,8 +63,9 @@ def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
 
 def eval_cfg(ckpt: Path, out: Path, data_dir: str, extra: list[str] = ()):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", "device=cpu",
-                                         *SMALL, *extra])
+        cfg = compose(
+            "eval", overrides=[f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", "device=cpu", *SMALL, *extra]
+        )
     with open_dict(cfg):
         cfg.output_dir = str(out)
     return cfg
@@ -66,8 +79,9 @@ def finite(v) -> bool:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
     run = checkpoints[name]
-    cfg = eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval", data_dir,
-                   [f"tensorboard_dir={tmp_path / 'tb'}"])
+    cfg = eval_cfg(
+        run / "checkpoints" / "last.ckpt", tmp_path / "eval", data_dir, [f"tensorboard_dir={tmp_path / 'tb'}"]
+    )
     m = ev.evaluate(cfg)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(m))
     for key in ("kde_ll", "parzen_test_ll", "test_recon"):
@@ -179,8 +193,16 @@ def test_eval_dir_layout(tmp_path):
 def test_entry_point_writes_into_the_run_folder(checkpoints, data_dir, tmp_path):
     run = checkpoints["catvae_free_gru"]
     (run / "tensorboard").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "infocatvae.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-           f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *SMALL, "kde.enabled=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infocatvae.evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *SMALL,
+        "kde.enabled=false",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.loads((run / "eval" / "last" / "metrics.json").read_text())
@@ -226,21 +248,39 @@ def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir,
 
     monkeypatch.setattr(metrics, "select_bandwidth_holdout", spy)
     fast = ["kde.enabled=false", "info.enabled=false", "reader.enabled=false", "figures.enabled=false"]
-    m = ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval", data_dir,
-                             [*fast, "parzen.n_valid=null", "tensorboard_dir=null"]))
+    m = ev.evaluate(
+        eval_cfg(
+            run / "checkpoints" / "last.ckpt",
+            tmp_path / "eval",
+            data_dir,
+            [*fast, "parzen.n_valid=null", "tensorboard_dir=null"],
+        )
+    )
     assert m["parzen_split_source"] == str(run / ".hydra" / "config.yaml")
     assert (m["parzen_val_size"], m["parzen_split_seed"], m["parzen_n_valid"]) == (4000, 3, 4000)
     assert _rows(chosen[-1]) == val_rows and not _rows(chosen[-1]) & train_rows
     # the default split (seed 0) would have held out other images
     assert _rows(ev.validation_images(data_dir, "mnist", 4000, 0)) != val_rows
 
-    m = ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval_train", data_dir,
-                             [*fast, "parzen.bandwidth_split=train", "tensorboard_dir=null"]))
+    m = ev.evaluate(
+        eval_cfg(
+            run / "checkpoints" / "last.ckpt",
+            tmp_path / "eval_train",
+            data_dir,
+            [*fast, "parzen.bandwidth_split=train", "tensorboard_dir=null"],
+        )
+    )
     assert m["parzen_bandwidth_split"] == "train" and "parzen_val_size" not in m
     assert len(_rows(chosen[-1]) & train_rows) > 150  # ~93 % of 200 draws from the 60K
     with pytest.raises(ValueError, match="bandwidth_split"):
-        ev.evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "eval_bad", data_dir,
-                             [*fast, "parzen.bandwidth_split=test", "tensorboard_dir=null"]))
+        ev.evaluate(
+            eval_cfg(
+                run / "checkpoints" / "last.ckpt",
+                tmp_path / "eval_bad",
+                data_dir,
+                [*fast, "parzen.bandwidth_split=test", "tensorboard_dir=null"],
+            )
+        )
 
 
 def test_bad_checkpoint_and_missing_ckpt_path_are_named(data_dir, tmp_path):

@@ -22,8 +22,9 @@ from tests.conftest import CLI_TINY, cli_env, run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
-pytestmark = pytest.mark.skipif(bool(check_raw_files(DATA, "mnist")),
-                                reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
+pytestmark = pytest.mark.skipif(
+    bool(check_raw_files(DATA, "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
+)
 
 TINY = CLI_TINY
 NO_TRAINING = ("Epoch 0", "Sanity Checking", "Trainer.fit")
@@ -45,8 +46,13 @@ def train(run: Path, *args: str, timeout: float = 180) -> subprocess.CompletedPr
 
 def start(run: Path, *args: str) -> subprocess.Popen:
     log = open(run.parent / f"{run.name}.out", "w")
-    return subprocess.Popen([sys.executable, "-m", "infocatvae.train", *tiny(args), f"hydra.run.dir={run}", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "infocatvae.train", *tiny(args), f"hydra.run.dir={run}", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+        cwd=ROOT,
+    )
 
 
 def wait_for(pred, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
@@ -84,8 +90,12 @@ def bad_ckpts(good_run, tmp_path_factory) -> dict[str, Path]:
     (d / "truncated.ckpt").write_bytes(good[: len(good) // 3])
     (d / "corrupt.ckpt").write_bytes(b"not a checkpoint" * 1000)
     torch.save({"state_dict": {}, "epoch": 0}, d / "foreign.ckpt")  # a Lightning-like file of another project
-    return {"missing": d / "missing.ckpt", "truncated": d / "truncated.ckpt", "corrupt": d / "corrupt.ckpt",
-            "foreign": d / "foreign.ckpt"}
+    return {
+        "missing": d / "missing.ckpt",
+        "truncated": d / "truncated.ckpt",
+        "corrupt": d / "corrupt.ckpt",
+        "foreign": d / "foreign.ckpt",
+    }
 
 
 # ---- bad config --------------------------------------------------------------------------------
@@ -94,12 +104,19 @@ def test_unknown_group_option(tmp_path, group):
     assert_refused(train(tmp_path / "run", f"{group}=nope"), f"{group}/nope")
 
 
-@pytest.mark.parametrize("override, field", [
-    ("model.K=0", "model.K"), ("model.K=ten", "model.K"),
-    ("model.lam=-2", "model.lam"), ("model.beta_info=abc", "model.beta_info"),
-    ("model.optimizer.lr=0", "model.optimizer.lr"), ("data.batch_size=0", "data.batch_size"),
-    ("model.K=null", "model.K"), ("model.lam=???", "model.lam"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.K=0", "model.K"),
+        ("model.K=ten", "model.K"),
+        ("model.lam=-2", "model.lam"),
+        ("model.beta_info=abc", "model.beta_info"),
+        ("model.optimizer.lr=0", "model.optimizer.lr"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.K=null", "model.K"),
+        ("model.lam=???", "model.lam"),
+    ],
+)
 def test_bad_values(tmp_path, override, field):
     res = train(tmp_path / "run", override)
     assert_refused(res, field)

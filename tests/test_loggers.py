@@ -23,8 +23,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 
 from infocatvae.callbacks import ImageLogger
-from infocatvae.config import CONFIG_DIR
-from infocatvae.config import instantiate_all
+from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.loggers import MLFLOW_RUN_ID_FILE, WANDB_RUN_ID_FILE, _AppendingWriter
 from tests.conftest import DATA_DIR, REPO, TINY, cli_env, make_cfg, run_entry
 
@@ -86,16 +85,33 @@ def test_debug_configs_set_what_they_promise_in_a_fresh_folder(debug, tmp_path, 
 
 
 def test_trainer_limits_are_set_without_plus(tmp_path):
-    cfg = make_cfg(["trainer.limit_train_batches=5", "trainer.limit_val_batches=0.5", "trainer.limit_test_batches=2",
-                    "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
-                    "trainer.val_check_interval=0.5"], tmp_path)
+    cfg = make_cfg(
+        [
+            "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=0.5",
+            "trainer.limit_test_batches=2",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.val_check_interval=0.5",
+        ],
+        tmp_path,
+    )
     t = cfg.trainer
     assert (t.limit_train_batches, t.limit_val_batches, t.limit_test_batches) == (5, 0.5, 2)
     assert (t.gradient_clip_val, t.accumulate_grad_batches, t.val_check_interval) == (1.0, 2, 0.5)
     # and by default they are Lightning's defaults
     d = make_cfg([], tmp_path).trainer
-    assert [d[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "gradient_clip_val",
-                           "accumulate_grad_batches", "val_check_interval")] == [None, None, None, None, 1, None]
+    assert [
+        d[k]
+        for k in (
+            "limit_train_batches",
+            "limit_val_batches",
+            "limit_test_batches",
+            "gradient_clip_val",
+            "accumulate_grad_batches",
+            "val_check_interval",
+        )
+    ] == [None, None, None, None, 1, None]
 
 
 def test_cli_debug_tiny_cfg_job_composes(tmp_path):
@@ -108,10 +124,17 @@ def test_cli_debug_tiny_cfg_job_composes(tmp_path):
 
 
 # ---- logger configs -------------------------------------------------------------------------------
-@pytest.mark.parametrize("logger,keys", [
-    ("tensorboard", ["tensorboard"]), ("csv", ["csv"]), ("mlflow", ["mlflow"]), ("wandb", ["wandb"]),
-    ("many", ["tensorboard", "csv", "mlflow", "wandb"]), ("[tensorboard,csv]", ["tensorboard", "csv"]),
-])
+@pytest.mark.parametrize(
+    "logger,keys",
+    [
+        ("tensorboard", ["tensorboard"]),
+        ("csv", ["csv"]),
+        ("mlflow", ["mlflow"]),
+        ("wandb", ["wandb"]),
+        ("many", ["tensorboard", "csv", "mlflow", "wandb"]),
+        ("[tensorboard,csv]", ["tensorboard", "csv"]),
+    ],
+)
 def test_logger_configs_compose(logger, keys, tmp_path):
     cfg = make_cfg([f"logger={logger}"], tmp_path)
     assert list(cfg.logger) == keys
@@ -131,8 +154,13 @@ def test_csv_writer_appends_and_drops_rows_logged_after_the_resumed_checkpoint(t
     resumed.save()
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [(int(r["step"]), r["train/loss"], r["val/loss"], r["train/lr"]) for r in rows] == [
-        (0, "10.0", "", ""), (1, "9.0", "", ""), (2, "8.0", "", ""), (2, "", "7.5", ""),
-        (3, "6.5", "", ""), (4, "", "", "0.0001")]
+        (0, "10.0", "", ""),
+        (1, "9.0", "", ""),
+        (2, "8.0", "", ""),
+        (2, "", "7.5", ""),
+        (3, "6.5", "", ""),
+        (4, "", "", "0.0001"),
+    ]
 
 
 def _train(run: Path, epochs: int, *extra: str) -> dict:
@@ -225,11 +253,14 @@ def test_missing_optional_package_names_the_extra(extra, tmp_path, monkeypatch):
 
 def test_cli_without_wandb_stops_before_training_naming_the_extra(tmp_path):
     run = tmp_path / "run"
-    code = ("import runpy, sys; sys.modules['wandb'] = None; "
-            f"sys.argv = ['infocatvae.train', *{[*TINY, 'logger=wandb', f'paths.data_dir={DATA_DIR}']!r}, "
-            f"'hydra.run.dir={run}']; runpy.run_module('infocatvae.train', run_name='__main__', alter_sys=True)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO,
-                         timeout=120)
+    code = (
+        "import runpy, sys; sys.modules['wandb'] = None; "
+        f"sys.argv = ['infocatvae.train', *{[*TINY, 'logger=wandb', f'paths.data_dir={DATA_DIR}']!r}, "
+        f"'hydra.run.dir={run}']; runpy.run_module('infocatvae.train', run_name='__main__', alter_sys=True)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=120
+    )
     assert res.returncode != 0
     assert "pip install 'infocatvae[wandb]'" in res.stderr, res.stderr[-3000:]
     assert not (run / "checkpoints").exists()

@@ -75,9 +75,12 @@ def test_reconstruction_from_logits_equals_the_sigmoid_formulation():
     p = torch.sigmoid(logits.double())
     bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum(-1)  # float64 reference
     torch.testing.assert_close(losses.reconstruction(logits, x, "bernoulli").double(), bce, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(losses.reconstruction(logits, x, "bernoulli"),
-                               F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(-1),
-                               rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(
+        losses.reconstruction(logits, x, "bernoulli"),
+        F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(-1),
+        rtol=1e-4,
+        atol=1e-2,
+    )
     far = torch.full((1, 784), 40.0)  # sigmoid(40) == 1.0 in float32: log(1 - p) = -inf, clamped at -100 before
     value = losses.reconstruction(far, torch.zeros(1, 784), "bernoulli")
     assert torch.isfinite(value).all() and value.item() == pytest.approx(784 * 40.0, rel=1e-6)
@@ -94,8 +97,9 @@ def test_gaussian_reconstruction_is_the_sum_over_steps_of_each_steps_mean_square
     expected = torch.stack([sum(F.mse_loss(pixels[b, t], x[b, t]) for t in range(28)) for b in range(2)])
     torch.testing.assert_close(losses.reconstruction(logits, x.flatten(1), "gaussian"), expected)
     # 28 times lighter than the sum of all 784 squared errors
-    torch.testing.assert_close(losses.reconstruction(logits, x.flatten(1), "gaussian") * 28,
-                               ((pixels - x) ** 2).flatten(1).sum(-1))
+    torch.testing.assert_close(
+        losses.reconstruction(logits, x.flatten(1), "gaussian") * 28, ((pixels - x) ** 2).flatten(1).sum(-1)
+    )
 
 
 def test_heads_equal_a_linear_layer_on_h_and_onehot_c():

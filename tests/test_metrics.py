@@ -59,8 +59,9 @@ def test_kde_matches_sklearn_on_mnist_pixels(mnist_slice, bandwidth):
     held_out = mnist_slice[500:540]
     ours = metrics.kde_score_grid(fit, held_out, [bandwidth, 2 * bandwidth], chunk_size=16)
     np.testing.assert_allclose(ours[0].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), bandwidth), rtol=1e-6)
-    np.testing.assert_allclose(ours[1].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 2 * bandwidth),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        ours[1].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 2 * bandwidth), rtol=1e-6
+    )
 
 
 def test_kde_rejects_bad_input():
@@ -81,7 +82,9 @@ def test_kde_pruning_is_exact_and_prunes(mnist_slice, monkeypatch):
     fit, held_out = mnist_slice[:500], mnist_slice[500:560]
     kept, dense_calls = [], []
     sampled = torch.sparse.sampled_addmm
-    monkeypatch.setattr(torch.sparse, "sampled_addmm", lambda p, *a, **k: kept.append(p.values().numel()) or sampled(p, *a, **k))
+    monkeypatch.setattr(
+        torch.sparse, "sampled_addmm", lambda p, *a, **k: kept.append(p.values().numel()) or sampled(p, *a, **k)
+    )
     dense = metrics._lse_dense
     monkeypatch.setattr(metrics, "_lse_dense", lambda *a: dense_calls.append(1) or dense(*a))
     grid = [0.1, 0.2, 0.3]
@@ -173,6 +176,7 @@ def test_kfold_indices_partition():
 
 
 # ---- clustering -----------------------------------------------------------------------------
+
 
 def test_cluster_acc_is_one_for_a_permuted_perfect_labelling():
     rng = np.random.default_rng(0)

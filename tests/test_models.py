@@ -104,8 +104,9 @@ def test_info_per_category_draws_each_category_equally(tmp_path):
     assert logits.shape == (128, 10)
 
 
-@pytest.mark.parametrize("overrides,share", [("", 0.25), ("model.net.decoder.output_dropout=0", 0.0),
-                                             ("net=gru data=seq_mnist", 0.0)])
+@pytest.mark.parametrize(
+    "overrides,share", [("", 0.25), ("model.net.decoder.output_dropout=0", 0.0), ("net=gru data=seq_mnist", 0.0)]
+)
 def test_decoder_output_dropout(overrides, share, tmp_path):
     """Table 2's Dropout(0.25) on the MLP decoder's output (before the sigmoid) zeroes about a quarter
     of the logits in training and none in evaluation; the authors' code and Table 3 have none."""
@@ -130,8 +131,16 @@ def test_dropout_is_off_in_eval_mode(images, tmp_path):
     torch.testing.assert_close(m.encode(x)[1], m.encode(x)[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("overrides", ["model=catvae", "model=catvae model.recon=soft", "model=infocatvae",
-                                       "model=catvae_free", "model=catvae net=gru data=seq_mnist"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "model=catvae",
+        "model=catvae model.recon=soft",
+        "model=infocatvae",
+        "model=catvae_free",
+        "model=catvae net=gru data=seq_mnist",
+    ],
+)
 def test_optimiser_steps_lower_the_loss_on_a_fixed_batch(overrides, images, tmp_path):
     torch.manual_seed(0)
     m = build(overrides + " model.optimizer.lr=1e-3", tmp_path)
@@ -200,8 +209,14 @@ def test_aae_three_phases_each_step_their_parameters(images, tmp_path):
     m = build("model=aae model.K=10", tmp_path)
     snap = {n: p.clone() for n, p in m.named_parameters()}
     x, y = batch(images, False), images[1]
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(m, train_dataloaders=torch.utils.data.DataLoader(list(zip(x, y)), batch_size=32))
     assert trainer.global_step == 3  # one batch: three optimiser steps
     changed = {n for n, p in m.named_parameters() if not torch.equal(p, snap[n])}
@@ -226,19 +241,22 @@ def test_aae_reconstruction_falls(images, tmp_path):
     assert m.recon_loss(x).item() < before
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.K=0", "model.K must be an integer >= 1"),
-    ("model.delta=0", "model.delta must be an integer >= 1"),
-    ("model.lam=-1", "model.lam must be a number >= 0"),
-    ("model.beta_cat=-1", "model.beta_cat must be a number >= 0"),
-    ("model.beta_cont=-0.5", "model.beta_cont must be a number >= 0"),
-    ("model.beta_info=-3", "model.beta_info must be a number >= 0"),
-    ("model.optimizer.lr=0", "model.optimizer.lr must be a number > 0"),
-    ("model.recon=hard", "model.recon must be one of \\['marginal', 'soft'\\]"),
-    ("model.info_loss=mse", "model.info_loss must be one of \\['ce', 'ce_on_probs'\\]"),
-    ("model.info_per_category=0", "model.info_per_category must be null or an integer >= 1"),
-    ("model.lam=abc", "model.lam must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.K=0", "model.K must be an integer >= 1"),
+        ("model.delta=0", "model.delta must be an integer >= 1"),
+        ("model.lam=-1", "model.lam must be a number >= 0"),
+        ("model.beta_cat=-1", "model.beta_cat must be a number >= 0"),
+        ("model.beta_cont=-0.5", "model.beta_cont must be a number >= 0"),
+        ("model.beta_info=-3", "model.beta_info must be a number >= 0"),
+        ("model.optimizer.lr=0", "model.optimizer.lr must be a number > 0"),
+        ("model.recon=hard", "model.recon must be one of \\['marginal', 'soft'\\]"),
+        ("model.info_loss=mse", "model.info_loss must be one of \\['ce', 'ce_on_probs'\\]"),
+        ("model.info_per_category=0", "model.info_per_category must be null or an integer >= 1"),
+        ("model.lam=abc", "model.lam must be a number >= 0"),
+    ],
+)
 def test_invalid_hyperparameters_name_the_field(override, message, tmp_path):
     with pytest.raises(Exception, match=message):  # Hydra wraps it in an InstantiationException
         build(f"model=infocatvae {override}", tmp_path)
@@ -249,6 +267,7 @@ def test_model_classes():
 
 
 # ---- balanced-category term and KL warm-up ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free"])
 def test_marginal_term_is_logged_always_and_weighted_by_beta_marginal(model, images, tmp_path):
@@ -296,8 +315,12 @@ def test_kl_warmup_factor_follows_the_trainers_epoch_or_step(images, tmp_path):
         torch.manual_seed(0)
         terms = m.losses(x)
         assert terms["kl_weight"].item() == w
-        expected = (terms["recon"] + w * (10 * terms["kl_cat"] + 10 * terms["kl_cont"]) + 3 * terms["marginal"]
-                    + 100 * terms["info"])
+        expected = (
+            terms["recon"]
+            + w * (10 * terms["kl_cat"] + 10 * terms["kl_cont"])
+            + 3 * terms["marginal"]
+            + 100 * terms["info"]
+        )
         torch.testing.assert_close(terms["loss"], expected)
     m.trainer = SimpleNamespace(training=False, current_epoch=0, global_step=0)  # validating
     assert m.kl_weight() == 1.0 and "kl_weight" not in m.losses(x)
@@ -333,9 +356,18 @@ def test_kl_warmup_in_a_real_trainer_logs_kl_weight_and_validates_with_full_weig
             seen["val"].append(pl_module.kl_weight())
 
     loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
-                        limit_val_batches=1, log_every_n_steps=1, callbacks=[Record()])
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        callbacks=[Record()],
+    )
     trainer.fit(m, train_dataloaders=loader, val_dataloaders=loader)
     assert seen["train"] == [(0, 0.0), (0, 0.0), (1, 0.5), (1, 0.5)]
     assert seen["val"] and set(seen["val"]) == {1.0}
@@ -345,13 +377,18 @@ def test_kl_warmup_in_a_real_trainer_logs_kl_weight_and_validates_with_full_weig
     assert m.kl_weight() == 1.0  # after fit: the trainer is still attached but not training
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.beta_marginal=-1", "model.beta_marginal must be a number >= 0"),
-    ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs must be an integer >= 0"),
-    ("model.kl_warmup_steps=2.5", "model.kl_warmup_steps must be an integer >= 0"),
-    ("model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
-     "model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got 5 and 100"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.beta_marginal=-1", "model.beta_marginal must be a number >= 0"),
+        ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs must be an integer >= 0"),
+        ("model.kl_warmup_steps=2.5", "model.kl_warmup_steps must be an integer >= 0"),
+        (
+            "model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
+            "model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got 5 and 100",
+        ),
+    ],
+)
 def test_invalid_balance_and_warmup_settings_name_the_field(override, message, tmp_path):
     with pytest.raises(Exception, match=message):
         build(f"model=infocatvae {override}", tmp_path)

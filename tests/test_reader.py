@@ -73,9 +73,11 @@ def test_the_cache_is_reused_not_retrained(mnist_reader, reader_cache, data_dir,
     for (k, a), b in zip(mnist_reader.net.state_dict().items(), again.net.state_dict().values()):
         assert torch.equal(a, b), k
     # another data set, other settings or another version: another file, so training (here: refused)
-    for other in (R.cache_path(reader_cache, "fashion_mnist", SETTINGS),
-                  R.cache_path(reader_cache, "mnist", R.ReaderSettings(epochs=3)),
-                  R.cache_path(reader_cache, "mnist", R.ReaderSettings(seed=1))):
+    for other in (
+        R.cache_path(reader_cache, "fashion_mnist", SETTINGS),
+        R.cache_path(reader_cache, "mnist", R.ReaderSettings(epochs=3)),
+        R.cache_path(reader_cache, "mnist", R.ReaderSettings(seed=1)),
+    ):
         assert other != mnist_reader.path
     with pytest.raises(AssertionError, match="trained again"):
         R.load_or_train(data_dir, "mnist", R.ReaderSettings(epochs=3), cache_dir=reader_cache)
@@ -129,9 +131,13 @@ def test_sparse_noise_is_read_with_low_confidence(mnist_reader, mnist_test):
 
 def test_sample_metrics_on_known_probabilities():
     # K = 3 categories, 4 samples each, 4 labels
-    labels = torch.tensor([[2, 2, 2, 1],   # majority 2, share 3/4
-                           [0, 3, 3, 0],   # tie between 0 and 3: the smaller label, 0; share 2/4
-                           [2, 2, 2, 2]])  # majority 2, share 1
+    labels = torch.tensor(
+        [
+            [2, 2, 2, 1],  # majority 2, share 3/4
+            [0, 3, 3, 0],  # tie between 0 and 3: the smaller label, 0; share 2/4
+            [2, 2, 2, 2],
+        ]
+    )  # majority 2, share 1
     conf = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
     probs = torch.zeros(3, 4, 4)
     probs.scatter_(-1, labels[..., None], conf[..., None])

@@ -14,14 +14,18 @@ from infocatvae.config import CONFIG_DIR
 from infocatvae.data import check_raw_files, default_data_dir
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
-                                reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
+pytestmark = pytest.mark.skipif(
+    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
+)
 
 
 def run(out: Path, epochs: int, seed: int = 0) -> dict:
     overrides = [
-        *TINY, f"trainer.max_epochs={epochs}",
-        f"seed={seed}", f"paths.output_dir={out}", f"paths.data_dir={default_data_dir()}",
+        *TINY,
+        f"trainer.max_epochs={epochs}",
+        f"seed={seed}",
+        f"paths.output_dir={out}",
+        f"paths.data_dir={default_data_dir()}",
     ]
     from infocatvae.train import train
 

@@ -23,8 +23,9 @@ import torch
 from infocatvae.data import check_raw_files, default_data_dir
 from tests.conftest import CLI_TINY, REPO, TINY, cli_env, make_cfg, run_entry
 
-pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
-                                reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
+pytestmark = pytest.mark.skipif(
+    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
+)
 
 NOT_IMPROVING = "callbacks.model_checkpoint.mode=max"
 
@@ -55,8 +56,11 @@ def test_last_ckpt_holds_the_last_epoch_when_val_loss_does_not_improve(tmp_path)
     # the weights after the third epoch: the same as the epoch-3 snapshot, not the best (first) epoch's
     third = ckpt(tmp_path / "checkpoints" / "epoch0003.ckpt")["state_dict"]
     first = ckpt(tmp_path / "checkpoints" / "epoch0001.ckpt")["state_dict"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")) == \
-        ["epoch0001.ckpt", "epoch0002.ckpt", "epoch0003.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")) == [
+        "epoch0001.ckpt",
+        "epoch0002.ckpt",
+        "epoch0003.ckpt",
+    ]
     for k, v in last["state_dict"].items():
         assert torch.equal(v, third[k]), k
     assert any(not torch.equal(v, first[k]) for k, v in last["state_dict"].items())
@@ -79,8 +83,13 @@ def test_resume_after_a_non_improving_epoch_matches_the_uninterrupted_run(tmp_pa
 def test_sigkill_after_a_non_improving_epoch_loses_and_repeats_no_epoch(tmp_path):
     run, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
     args = [*CLI_TINY, "trainer.limit_train_batches=20", NOT_IMPROVING, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "infocatvae.train", *args, "trainer.max_epochs=50"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infocatvae.train", *args, "trainer.max_epochs=50"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+        cwd=REPO,
+    )
     try:
         deadline, epoch = time.monotonic() + 240, -1
         while epoch < 1:  # last.ckpt after the second epoch, which did not improve val/loss
@@ -115,8 +124,15 @@ def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in original.rglob("*") if p.is_file()}
     source = original / "checkpoints" / "last.ckpt"
 
-    res = run_entry("infocatvae.train", *CLI_TINY, "data=fashion_mnist", "model.K=5", f"ckpt_path={source}",
-                    f"hydra.run.dir={new}", timeout=180)
+    res = run_entry(
+        "infocatvae.train",
+        *CLI_TINY,
+        "data=fashion_mnist",
+        "model.K=5",
+        f"ckpt_path={source}",
+        f"hydra.run.dir={new}",
+        timeout=180,
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "model.K: 10 in the checkpoint, 5 configured" in out, out[-3000:]
@@ -126,8 +142,14 @@ def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
     assert json.loads((new / "status.json").read_text())["status"] == "failed"  # recorded in its own folder
 
     # a change that keeps every shape (lambda) is allowed and logged; training goes on in the new folder
-    cont = [*CLI_TINY, "data=fashion_mnist", "model.lam=4", f"ckpt_path={source}", f"hydra.run.dir={new}",
-            "trainer.max_epochs=2"]
+    cont = [
+        *CLI_TINY,
+        "data=fashion_mnist",
+        "model.lam=4",
+        f"ckpt_path={source}",
+        f"hydra.run.dir={new}",
+        "trainer.max_epochs=2",
+    ]
     res = run_entry("infocatvae.train", *cont, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     log = (new / "train.log").read_text()

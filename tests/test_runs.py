@@ -17,13 +17,19 @@ from infocatvae.data import check_raw_files, default_data_dir
 from infocatvae.runs import RunFolderBusy, RunLock
 from tests.conftest import CLI_TINY, REPO, cli_env, run_entry
 
-pytestmark = pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
-                                reason="real MNIST not found (set INFOCATVAE_DATA_DIR)")
+pytestmark = pytest.mark.skipif(
+    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
+)
 
 
 def start(run: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+        cwd=REPO,
+    )
 
 
 def wait_running(run: Path, proc: subprocess.Popen, deadline_s: float = 120) -> None:
@@ -51,8 +57,9 @@ def test_second_start_on_the_same_folder_is_refused_and_the_first_trains_alone(t
         before = (run / "status.json").read_bytes()
         second = run_entry("infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args, timeout=120)
         assert first.poll() is None, "the first job should still be training"
-        assert (run / "status.json").read_bytes() == before or \
-            json.loads((run / "status.json").read_text())["status"] == "running"
+        assert (run / "status.json").read_bytes() == before or json.loads((run / "status.json").read_text())[
+            "status"
+        ] == "running"
     finally:
         first.send_signal(signal.SIGTERM)  # saves last.ckpt and exits
         first.wait(60)

@@ -36,8 +36,15 @@ def test_training_steps_read_nothing_back_from_the_device(model, tmp_path, monke
     (finite-loss check every 30 steps here, logs every 20 steps) 60 steps may read only on the
     3 logging steps (one value per loss term) and the 3 checks, never once per step."""
     steps, log_every, check_every = 60, 20, 30
-    cfg = make_cfg([*model.split(), "trainer.accelerator=cpu", f"trainer.log_every_n_steps={log_every}",
-                    f"callbacks.finite_loss.check_every_n_steps={check_every}"], tmp_path)
+    cfg = make_cfg(
+        [
+            *model.split(),
+            "trainer.accelerator=cpu",
+            f"trainer.log_every_n_steps={log_every}",
+            f"callbacks.finite_loss.check_every_n_steps={check_every}",
+        ],
+        tmp_path,
+    )
     reads: collections.Counter = collections.Counter()
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         original = getattr(torch.Tensor, name)
@@ -53,9 +60,15 @@ def test_training_steps_read_nothing_back_from_the_device(model, tmp_path, monke
     datamodule = hydra.utils.instantiate(cfg.data)
     m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
     callbacks = instantiate_all(cfg.callbacks) + [_Window()]
-    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
-                                      num_sanity_val_steps=0, callbacks=callbacks,
-                                      logger=instantiate_all(cfg.logger))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=instantiate_all(cfg.logger),
+    )
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(m, datamodule=datamodule)
     n_terms = len(m.losses(torch.rand(2, 1, 28, 28)))  # one value read per term on each logging step
@@ -82,8 +95,9 @@ def test_bf16_mixed_precision_trains_with_float32_loss_terms(tmp_path):
     assert metrics["train/kl_cat"] >= 0 and metrics["val/kl_cat"] >= 0  # log K − H(q) in float32
 
 
-@pytest.mark.parametrize("model", ["model=infocatvae", "model=aae model.K=10",
-                                   "model=infocatvae net=gru data=seq_mnist"])
+@pytest.mark.parametrize(
+    "model", ["model=infocatvae", "model=aae model.K=10", "model=infocatvae net=gru data=seq_mnist"]
+)
 def test_bf16_autocast_on_the_cpu_gives_the_float32_loss_terms(model, tmp_path):
     """Under CPU bf16 autocast (``trainer.precision=bf16-mixed`` on the CPU) every loss term is float32
     and within 1 % of the float32 computation on real MNIST: the KL terms, the logits loss and the

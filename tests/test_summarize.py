@@ -15,14 +15,26 @@ import pytest
 from infocatvae import summarize
 
 
-def write_job(sweep: Path, name: str, overrides: list[str], status: str = "completed",
-              metrics: dict | None = None, error: str | None = None) -> Path:
+def write_job(
+    sweep: Path,
+    name: str,
+    overrides: list[str],
+    status: str = "completed",
+    metrics: dict | None = None,
+    error: str | None = None,
+) -> Path:
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     # Hydra saves the job's task overrides as a YAML list of strings
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    fields = {"status": status, "model": "infocatvae.models.CatVAE", "max_epochs": 3, "resumed_from": None,
-              "error": error, "updated": "2026-01-01T00:00:00"}
+    fields = {
+        "status": status,
+        "model": "infocatvae.models.CatVAE",
+        "max_epochs": 3,
+        "resumed_from": None,
+        "error": error,
+        "updated": "2026-01-01T00:00:00",
+    }
     if status == "completed":
         fields.update(metrics=metrics or {}, epoch=3, step=30)
     elif status == "failed":
@@ -57,7 +69,7 @@ def table_rows(text: str, header_start: str) -> list[dict[str, str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start} |"))
     head = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(head, (c.strip() for c in line.strip("|").split("|")))))

@@ -16,8 +16,9 @@ from tests.conftest import CLI_TINY, run_entry
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(bool(check_raw_files(default_data_dir(), "mnist")),
-                       reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"),
+    pytest.mark.skipif(
+        bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
+    ),
 ]
 
 TINY = CLI_TINY
@@ -86,8 +87,9 @@ def test_submitit_sweep_summary_failure_rerun_and_resume(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     run = tmp_path / "ddp"
-    res = entry("infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY,
-                f"hydra.run.dir={run}")
+    res = entry(
+        "infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, f"hydra.run.dir={run}"
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "completed" and status["step"] == 3
@@ -105,8 +107,16 @@ def test_optuna_sweeper_maximises_cluster_accuracy(tmp_path):
     import yaml
 
     sweep = tmp_path / "optuna"
-    res = entry("infocatvae.train", "-m", "hydra/sweeper=optuna_acc", "hydra.sweeper.n_trials=3",
-                "hydra.sweeper.n_jobs=1", "model.lam=choice(0.5,2,8)", *TINY, f"hydra.sweep.dir={sweep}")
+    res = entry(
+        "infocatvae.train",
+        "-m",
+        "hydra/sweeper=optuna_acc",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=1",
+        "model.lam=choice(0.5,2,8)",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert trials and all(t["status"] == "completed" for t in trials)

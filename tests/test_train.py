@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra.utils
 import pytest
 import torch
+
 from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE, load_model
 from infocatvae.train import read_status, train
 from tests.conftest import DATA_DIR, IMAGES, TINY, make_cfg
@@ -115,12 +116,18 @@ def test_test_true_scores_the_test_images_like_validation(tmp_path):
 
 # Each field's message is checked in-process (tests/test_models.py) and each kind of bad value
 # through the CLI (tests/test_faults.py); here, one full message as the CLI prints it.
-@pytest.mark.parametrize("override,message", [
-    ("model.recon=hard", "model.recon must be one of ['marginal', 'soft'], got 'hard'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.recon=hard", "model.recon must be one of ['marginal', 'soft'], got 'hard'"),
+    ],
+)
 def test_bad_hyperparameters_exit_non_zero_before_training(override, message, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "infocatvae.train", override, f"paths.data_dir={DATA_DIR}",
-                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "infocatvae.train", override, f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0
     assert message in out.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tensorboard").exists()

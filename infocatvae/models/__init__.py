@@ -15,8 +15,17 @@ from infocatvae.models.base import MODEL_KEY, BaseModel
 from infocatvae.models.catvae import CatVAE, FreePriorCatVAE
 from infocatvae.models.infocatvae import InfoCatVAE
 
-__all__ = ["AAE", "BaseModel", "CatVAE", "FreePriorCatVAE", "InfoCatVAE", "CheckpointError", "read_checkpoint",
-           "load_model", "check_compatible"]
+__all__ = [
+    "AAE",
+    "BaseModel",
+    "CatVAE",
+    "FreePriorCatVAE",
+    "InfoCatVAE",
+    "CheckpointError",
+    "read_checkpoint",
+    "load_model",
+    "check_compatible",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,10 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, wrong format, unpickling refused
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be read "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     if not isinstance(ckpt, dict) or MODEL_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} was not written by infocatvae (no {MODEL_KEY!r} entry)")
     return ckpt
@@ -66,8 +77,11 @@ def check_compatible(ckpt: dict, model: BaseModel, path: str | Path) -> list[str
     (λ, the betas, the learning rate) are allowed, logged, and returned as ``field: old -> new`` lines.
     """
     stored, configured = _flat(ckpt.get("hyper_parameters", {})), _flat(dict(model.hparams))
-    changed = [f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, {configured.get(k, '<unset>')!r} configured"
-               for k in sorted(set(stored) | set(configured)) if stored.get(k) != configured.get(k)]
+    changed = [
+        f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, {configured.get(k, '<unset>')!r} configured"
+        for k in sorted(set(stored) | set(configured))
+        if stored.get(k) != configured.get(k)
+    ]
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
     structural = sorted(k for k in set(own) | set(saved) if own.get(k) != saved.get(k))
@@ -77,7 +91,8 @@ def check_compatible(ckpt: dict, model: BaseModel, path: str | Path) -> list[str
             f"checkpoint {path} does not fit the configured model: "
             + ("; ".join(changed) if changed else "no hyperparameter differs, but the parameters do")
             + f" (parameter shapes, checkpoint vs configured: {shapes}{' ...' if len(structural) > 4 else ''}). "
-            "Set these fields to the checkpoint's values, or start a new run without ckpt_path")
+            "Set these fields to the checkpoint's values, or start a new run without ckpt_path"
+        )
     for line in changed:
         log.info("Resuming with a changed hyperparameter: %s", line)
     return changed

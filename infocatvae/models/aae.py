@@ -110,8 +110,11 @@ class AAE(BaseModel):
         total, correct = 0.0, []
         for disc, fake, real in self._disc_pairs(y, z):
             lf, lr = disc(fake), disc(real)
-            total = total + F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr)) \
+            total = (
+                total
+                + F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr))
                 + F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf))
+            )
             correct += [(lr > 0).float().mean(), (lf < 0).float().mean()]
         return total, torch.stack(correct).mean()
 
@@ -123,20 +126,29 @@ class AAE(BaseModel):
 
     # ---- Lightning -------------------------------------------------------------------------
     def autoencoder_parameters(self):
-        return [*self.encoder.parameters(), *self.to_z.parameters(),
-                *(self.to_y.parameters() if self.to_y is not None else []), *self.decoder.parameters()]
+        return [
+            *self.encoder.parameters(),
+            *self.to_z.parameters(),
+            *(self.to_y.parameters() if self.to_y is not None else []),
+            *self.decoder.parameters(),
+        ]
 
     def encoder_parameters(self):
-        return [*self.encoder.parameters(), *self.to_z.parameters(),
-                *(self.to_y.parameters() if self.to_y is not None else [])]
+        return [
+            *self.encoder.parameters(),
+            *self.to_z.parameters(),
+            *(self.to_y.parameters() if self.to_y is not None else []),
+        ]
 
     def discriminator_parameters(self):
         return [*self.disc_z.parameters(), *(self.disc_y.parameters() if self.disc_y is not None else [])]
 
     def configure_optimizers(self):
-        return (self.make_optimizer(self.autoencoder_parameters()),
-                self.make_optimizer(self.encoder_parameters()),
-                self.make_optimizer(self.discriminator_parameters()))
+        return (
+            self.make_optimizer(self.autoencoder_parameters()),
+            self.make_optimizer(self.encoder_parameters()),
+            self.make_optimizer(self.discriminator_parameters()),
+        )
 
     def _step(self, opt, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
@@ -152,7 +164,12 @@ class AAE(BaseModel):
         self._step(opt_gen, gen)
         disc, acc = self.discriminator_loss(x)
         self._step(opt_disc, disc)
-        terms = {"loss": recon.detach() + gen.detach(), "recon": recon.detach(), "gen": gen.detach(),
-                 "disc": disc.detach(), "disc_acc": acc}
+        terms = {
+            "loss": recon.detach() + gen.detach(),
+            "recon": recon.detach(),
+            "gen": gen.detach(),
+            "disc": disc.detach(),
+            "disc_acc": acc,
+        }
         self.log_terms("train", terms, len(x))
         return terms

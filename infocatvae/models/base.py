@@ -117,10 +117,20 @@ class BaseModel(L.LightningModule):
         training step of these models. Nothing here reads a value back to the host.
         """
         if stage != "train":
-            self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-                          on_epoch=True, batch_size=batch_size, sync_dist=True)
-            self.log(f"{stage}/loss", terms["loss"].detach(), prog_bar=True, on_epoch=True, batch_size=batch_size,
-                     sync_dist=True)
+            self.log_dict(
+                {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
+            self.log(
+                f"{stage}/loss",
+                terms["loss"].detach(),
+                prog_bar=True,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
             return
         values = torch.stack([v.detach().float() for v in terms.values()])
         if self._train_sum is None or self._train_keys != list(terms):
@@ -138,8 +148,12 @@ class BaseModel(L.LightningModule):
         if self._train_sum is None or not self._train_count:
             return
         means = self._train_sum / self._train_count
-        self.log_dict({f"train/{k}_epoch": v for k, v in zip(self._train_keys, means)}, on_step=False, on_epoch=True,
-                      sync_dist=True)
+        self.log_dict(
+            {f"train/{k}_epoch": v for k, v in zip(self._train_keys, means)},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
         self._train_sum, self._train_count = None, 0
 
     def training_step(self, batch, batch_idx):

@@ -62,25 +62,34 @@ class CatVAE(BaseModel):
         require("model.lam", is_number(lam) and lam >= 0, "a number >= 0", lam)
         require("model.beta_cat", is_number(beta_cat) and beta_cat >= 0, "a number >= 0", beta_cat)
         require("model.beta_cont", is_number(beta_cont) and beta_cont >= 0, "a number >= 0", beta_cont)
-        require("model.beta_marginal", is_number(beta_marginal) and beta_marginal >= 0, "a number >= 0",
-                beta_marginal)
-        require("model.kl_warmup_epochs", is_int(kl_warmup_epochs) and kl_warmup_epochs >= 0, "an integer >= 0",
-                kl_warmup_epochs)
-        require("model.kl_warmup_steps", is_int(kl_warmup_steps) and kl_warmup_steps >= 0, "an integer >= 0",
-                kl_warmup_steps)
+        require("model.beta_marginal", is_number(beta_marginal) and beta_marginal >= 0, "a number >= 0", beta_marginal)
+        require(
+            "model.kl_warmup_epochs",
+            is_int(kl_warmup_epochs) and kl_warmup_epochs >= 0,
+            "an integer >= 0",
+            kl_warmup_epochs,
+        )
+        require(
+            "model.kl_warmup_steps",
+            is_int(kl_warmup_steps) and kl_warmup_steps >= 0,
+            "an integer >= 0",
+            kl_warmup_steps,
+        )
         if kl_warmup_epochs > 0 and kl_warmup_steps > 0:
-            raise ValueError(f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got "
-                             f"{kl_warmup_epochs} and {kl_warmup_steps}: warm up over epochs or over steps, "
-                             f"and set the other to 0")
+            raise ValueError(
+                f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got "
+                f"{kl_warmup_epochs} and {kl_warmup_steps}: warm up over epochs or over steps, "
+                f"and set the other to 0"
+            )
         require("model.recon", recon in RECON_MODES, f"one of {list(RECON_MODES)}", recon)
-        require("model.prior_init", prior_init in MixturePrior.INITS, f"one of {list(MixturePrior.INITS)}",
-                prior_init)
+        require("model.prior_init", prior_init in MixturePrior.INITS, f"one of {list(MixturePrior.INITS)}", prior_init)
         super().__init__(net, optimizer, K=K, decoder_in=K * delta, likelihood=likelihood)
         self.save_hyperparameters(logger=False)
         self.delta, self.d = delta, K * delta
         self.heads = CategoricalHeads(self.encoder.out_dim, K, self.d)
-        self.prior = MixturePrior(K, delta, lam, learn_means=learn_prior, learn_logvar=learn_prior_logvar,
-                                  init=prior_init)
+        self.prior = MixturePrior(
+            K, delta, lam, learn_means=learn_prior, learn_logvar=learn_prior_logvar, init=prior_init
+        )
 
     @property
     def prior_means(self) -> torch.Tensor:
@@ -114,8 +123,9 @@ class CatVAE(BaseModel):
         """``recon``, ``kl_cat`` and ``kl_cont`` per sample (shape [B]); ``recon`` defaults to the config's."""
         return self._per_sample_terms(x, recon)[0]
 
-    def _per_sample_terms(self, x: torch.Tensor, recon: str | None = None
-                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _per_sample_terms(
+        self, x: torch.Tensor, recon: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``per_sample_terms`` and the logits of q(c|x) they came from."""
         h, logits, mu, logvar = self._encode(x)
         q_c = logits.softmax(-1)
