@@ -8,8 +8,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-# The configs live at the repository's top level (conf/); the package is installed editable.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+def _config_dir() -> str:
+    """The top-level ``conf/`` of a clone (an editable install: the configs users read and edit), else
+    the copy a wheel ships inside the package (``infocatvae/conf``, see pyproject.toml)."""
+    clone = Path(__file__).resolve().parents[1] / "conf"
+    if (clone / "train.yaml").is_file():
+        return str(clone)
+    return str(Path(__file__).resolve().parent / "conf")
+
+
+CONFIG_DIR = _config_dir()
 
 
 def run_id(override_dirname: str) -> str:
