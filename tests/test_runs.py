@@ -54,12 +54,9 @@ def test_second_start_on_the_same_folder_is_refused_and_the_first_trains_alone(t
     first = start(run, *args)
     try:
         wait_running(run, first)
-        before = (run / "status.json").read_bytes()
         second = run_entry("infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args, timeout=120)
         assert first.poll() is None, "the first job should still be training"
-        assert (run / "status.json").read_bytes() == before or json.loads((run / "status.json").read_text())[
-            "status"
-        ] == "running"
+        assert json.loads((run / "status.json").read_text())["status"] == "running"  # not the refused job's "failed"
     finally:
         first.send_signal(signal.SIGTERM)  # saves last.ckpt and exits
         first.wait(60)

@@ -4,6 +4,7 @@ Hydra's search path."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,11 +19,14 @@ from tests.conftest import DATA_DIR, REPO
 @pytest.mark.slow
 def test_wheel_ships_the_configs_and_trains_from_another_folder(tmp_path):
     wheels = tmp_path / "wheels"
+    build_existed = (REPO / "build").exists()
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
         check=True,
         capture_output=True,
     )
+    if not build_existed:  # setuptools' build folder, left in the clone by pip wheel
+        shutil.rmtree(REPO / "build", ignore_errors=True)
     (wheel,) = wheels.glob("infocatvae-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "infocatvae/conf/train.yaml" in names and "infocatvae/conf/model/infocatvae.yaml" in names
