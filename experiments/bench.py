@@ -290,14 +290,14 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
     from scipy.special import logsumexp
     from sklearn.neighbors import KernelDensity
 
-    from infocatvae import metrics
+    from infocatvae import kde
     from infocatvae.data import load_split
 
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
     images = load_split(data_dir, "mnist", train=True)[0].flatten(1).double() / 255.0
     fit, samples = images[:n_fit], images[-n_samples:]
     h = 0.2
-    metrics.kde_score_samples(fit[:100], samples[:10], h, device=device)  # warm-up
+    kde.kde_score_samples(fit[:100], samples[:10], h, device=device)  # warm-up
     times = []
 
     def time_ours() -> torch.Tensor:
@@ -306,7 +306,7 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
         for _ in range(repeats):
             sync(device)
             t = time.perf_counter()
-            out = metrics.kde_score_samples(fit, samples, h, device=device)
+            out = kde.kde_score_samples(fit, samples, h, device=device)
             sync(device)
             times.append(time.perf_counter() - t)
         return out
@@ -367,11 +367,9 @@ def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, proto
         # pessimistic timing of the scoring step.
         generated = images[:10000].flip(-1)
         t = time.perf_counter()
-        best, _ = metrics.select_bandwidth(
-            images, grid, folds=kde_cfg.folds, chunk_size=kde_cfg.chunk_size, device=device
-        )
+        best, _ = kde.select_bandwidth(images, grid, folds=kde_cfg.folds, chunk_size=kde_cfg.chunk_size, device=device)
         t_search = time.perf_counter() - t
-        metrics.kde_score_samples(images, generated, best, chunk_size=kde_cfg.chunk_size, device=device)
+        kde.kde_score_samples(images, generated, best, chunk_size=kde_cfg.chunk_size, device=device)
         sync(device)
         total = time.perf_counter() - t
         emit(

@@ -50,7 +50,7 @@ def main() -> None:
         "The two protocols measure different things and are not comparable with each other.",
         "",
         "The paper computed its numbers with scikit-learn's `KernelDensity`; ours are computed in torch "
-        "(`infocatvae.metrics.kde_score_samples`). On 784-dimensional pixels scikit-learn's tree gives "
+        "(`infocatvae.kde.kde_score_samples`). On 784-dimensional pixels scikit-learn's tree gives "
         "values that are off by hundreds of nats for points far from every training image (every kernel "
         "underflows; see `tests/test_metrics.py`), so the paper's numbers may carry that error.",
         "",

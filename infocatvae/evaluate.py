@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from infocatvae import metrics, plots, reader
+from infocatvae import kde, metrics, plots, reader
 from infocatvae.config import CONFIG_DIR, run_dir_of
 from infocatvae.data import MNISTDataModule, ensure_dataset, load_split
 from infocatvae.models import load_model
@@ -205,7 +205,7 @@ def cv_bandwidth(
                 return float(saved["best"]), {float(h): v for h, v in saved["scores"].items()}, True
         except (OSError, ValueError, KeyError):
             pass
-    best, scores = metrics.select_bandwidth(
+    best, scores = kde.select_bandwidth(
         fit, grid, folds=cfg.kde.folds, seed=cfg.seed, chunk_size=cfg.kde.chunk_size, device=device
     )
     if path is not None:
@@ -248,7 +248,7 @@ def density_metrics(
         grid = [float(b) for b in cfg.kde.bandwidths]
         best, scores, cached = cv_bandwidth(cfg, dataset, fit, grid, device)
         t1 = time.perf_counter()
-        ll = metrics.kde_score_samples(fit, gen, best, chunk_size=cfg.kde.chunk_size, device=device)
+        ll = kde.kde_score_samples(fit, gen, best, chunk_size=cfg.kde.chunk_size, device=device)
         out.update(
             {
                 "kde_ll": float(ll.mean()),
@@ -272,10 +272,8 @@ def density_metrics(
         n_valid = cfg.parzen.get("n_valid")
         valid = pool[torch.randperm(len(pool), generator=g)[:n_valid]]
         grid = [float(b) for b in cfg.parzen.bandwidths]
-        best, scores = metrics.select_bandwidth_holdout(
-            gen, valid, grid, chunk_size=cfg.parzen.chunk_size, device=device
-        )
-        ll = metrics.kde_score_samples(gen, test_flat, best, chunk_size=cfg.parzen.chunk_size, device=device)
+        best, scores = kde.select_bandwidth_holdout(gen, valid, grid, chunk_size=cfg.parzen.chunk_size, device=device)
+        ll = kde.kde_score_samples(gen, test_flat, best, chunk_size=cfg.parzen.chunk_size, device=device)
         out.update(
             {
                 "parzen_test_ll": float(ll.mean()),

@@ -226,7 +226,7 @@ def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir,
 
     import hydra.utils
 
-    from infocatvae import metrics
+    from infocatvae import kde
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -240,13 +240,13 @@ def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir,
     assert len(train_rows) == 56000 and len(val_rows) == 4000
 
     chosen = []
-    select = metrics.select_bandwidth_holdout
+    select = kde.select_bandwidth_holdout
 
     def spy(fit, valid, *args, **kwargs):
         chosen.append(valid)
         return select(fit, valid, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "select_bandwidth_holdout", spy)
+    monkeypatch.setattr(kde, "select_bandwidth_holdout", spy)
     fast = ["kde.enabled=false", "info.enabled=false", "reader.enabled=false", "figures.enabled=false"]
     m = ev.evaluate(
         eval_cfg(

@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity
 
-from infocatvae import metrics
+from infocatvae import kde, metrics
 from infocatvae.data import load_split
 
 
@@ -30,7 +30,7 @@ def test_kde_matches_sklearn_on_gaussian_data(bandwidth):
     rng = np.random.default_rng(1)
     fit, samples = rng.normal(size=(300, 2)), rng.normal(size=(50, 2)) * 1.5
     ref = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(fit).score_samples(samples)
-    ours = metrics.kde_score_samples(fit, samples, bandwidth, chunk_size=16)
+    ours = kde.kde_score_samples(fit, samples, bandwidth, chunk_size=16)
     assert ours.dtype == torch.float64 and ours.shape == (50,)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-6)
 
@@ -42,7 +42,7 @@ def test_kde_exact_where_every_kernel_underflows(bandwidth):
     the shifted logsumexp here stays equal to a brute-force float64 logsumexp."""
     rng = np.random.default_rng(1)
     fit, samples = rng.normal(size=(300, 7)), rng.normal(size=(50, 7)) * 1.5
-    ours = metrics.kde_score_samples(fit, samples, bandwidth, chunk_size=16).numpy()
+    ours = kde.kde_score_samples(fit, samples, bandwidth, chunk_size=16).numpy()
     np.testing.assert_allclose(ours, brute_force_kde(fit, samples, bandwidth), rtol=1e-6)
 
 
@@ -54,10 +54,10 @@ def test_kde_matches_sklearn_on_mnist_pixels(mnist_slice, bandwidth):
     fit = mnist_slice[:500]
     near = (fit[:40] + 0.01 * torch.randn(40, 784, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     ref = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(fit.numpy()).score_samples(near.numpy())
-    ours = metrics.kde_score_samples(fit.float(), near.float(), bandwidth, chunk_size=7).numpy()
+    ours = kde.kde_score_samples(fit.float(), near.float(), bandwidth, chunk_size=7).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-6)
     held_out = mnist_slice[500:540]
-    ours = metrics.kde_score_grid(fit, held_out, [bandwidth, 2 * bandwidth], chunk_size=16)
+    ours = kde.kde_score_grid(fit, held_out, [bandwidth, 2 * bandwidth], chunk_size=16)
     np.testing.assert_allclose(ours[0].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), bandwidth), rtol=1e-6)
     np.testing.assert_allclose(
         ours[1].numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 2 * bandwidth), rtol=1e-6
@@ -66,13 +66,13 @@ def test_kde_matches_sklearn_on_mnist_pixels(mnist_slice, bandwidth):
 
 def test_kde_rejects_bad_input():
     with pytest.raises(ValueError, match="features"):
-        metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 4), 0.1)
+        kde.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 4), 0.1)
     with pytest.raises(ValueError, match="bandwidths"):
-        metrics.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 3), 0.0)
+        kde.kde_score_samples(torch.zeros(5, 3), torch.zeros(2, 3), 0.0)
     with pytest.raises(ValueError, match="samples must be .* finite"):
-        metrics.kde_score_samples(torch.zeros(5, 3), torch.tensor([[0.0, float("nan"), 1.0]]), 0.1)
+        kde.kde_score_samples(torch.zeros(5, 3), torch.tensor([[0.0, float("nan"), 1.0]]), 0.1)
     with pytest.raises(ValueError, match="fit_data must be .* finite"):
-        metrics.kde_score_samples(torch.full((5, 3), float("inf")), torch.zeros(2, 3), 0.1)
+        kde.kde_score_samples(torch.full((5, 3), float("inf")), torch.zeros(2, 3), 0.1)
 
 
 def test_kde_pruning_is_exact_and_prunes(mnist_slice, monkeypatch):
@@ -85,14 +85,14 @@ def test_kde_pruning_is_exact_and_prunes(mnist_slice, monkeypatch):
     monkeypatch.setattr(
         torch.sparse, "sampled_addmm", lambda p, *a, **k: kept.append(p.values().numel()) or sampled(p, *a, **k)
     )
-    dense = metrics._lse_dense
-    monkeypatch.setattr(metrics, "_lse_dense", lambda *a: dense_calls.append(1) or dense(*a))
+    dense = kde._lse_dense
+    monkeypatch.setattr(kde, "_lse_dense", lambda *a: dense_calls.append(1) or dense(*a))
     grid = [0.1, 0.2, 0.3]
-    ours = metrics.kde_score_grid(fit, held_out, grid, chunk_size=16)
+    ours = kde.kde_score_grid(fit, held_out, grid, chunk_size=16)
     for row, h in zip(ours, grid):
         np.testing.assert_allclose(row.numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), h), rtol=1e-9)
     assert not dense_calls and sum(kept) < 0.05 * len(fit) * len(held_out)
-    wide = metrics.kde_score_samples(fit, held_out, 3.0, chunk_size=16)
+    wide = kde.kde_score_samples(fit, held_out, 3.0, chunk_size=16)
     np.testing.assert_allclose(wide.numpy(), brute_force_kde(fit.numpy(), held_out.numpy(), 3.0), rtol=1e-9)
     assert dense_calls
 
@@ -110,7 +110,7 @@ def test_prune_bound_is_a_lower_bound(mnist_slice, matmul_precision, dtype):
     try:
         for data, tight in ((mnist_slice[:400], False), (subspace, True)):
             fit, ys = data[:300], data[300:]
-            emb = metrics._PruneEmbedding(fit, fit.square().sum(1), dims=16)
+            emb = kde._PruneEmbedding(fit, fit.square().sum(1), dims=16)
             assert emb.dtype == dtype
             bound = torch.empty(len(ys), len(fit), dtype=dtype)
             slack = emb.lower_bound(ys, ys.square().sum(1), out=bound)
@@ -126,7 +126,7 @@ def test_prune_bound_is_a_lower_bound(mnist_slice, matmul_precision, dtype):
 
 def test_kde_leaves_the_global_rng_alone(mnist_slice):
     state = torch.get_rng_state()
-    metrics.kde_score_samples(mnist_slice[:200], mnist_slice[200:220], 0.2)
+    kde.kde_score_samples(mnist_slice[:200], mnist_slice[200:220], 0.2)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -142,7 +142,7 @@ def test_select_bandwidth_recovers_known_bandwidth():
     Scott's rule for one component, 400^(-1/6) ≈ 0.37; far smaller or larger values must lose."""
     data = mixture(400)
     grid = [0.03, 0.1, 0.37, 1.5, 5.0]
-    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0)
+    best, scores = kde.select_bandwidth(data, grid, folds=5, seed=0)
     assert best == 0.37
     assert scores[0.37] > scores[0.1] > scores[0.03] and scores[0.37] > scores[1.5] > scores[5.0]
 
@@ -151,10 +151,10 @@ def test_select_bandwidth_agrees_with_sklearn_gridsearch():
     """Same folds, same scores as GridSearchCV(KernelDensity) (its score is a fold's total log-likelihood)."""
     data = mixture(100, seed=3)
     grid = [0.5, 0.8, 1.6, 3.2]
-    folds = metrics.kfold_indices(len(data), 5, seed=0)
+    folds = kde.kfold_indices(len(data), 5, seed=0)
     cv = [(np.setdiff1d(np.arange(len(data)), f.numpy()), f.numpy()) for f in folds]
     search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid}, cv=cv).fit(data)
-    best, scores = metrics.select_bandwidth(data, grid, folds=5, seed=0)
+    best, scores = kde.select_bandwidth(data, grid, folds=5, seed=0)
     assert best == search.best_params_["bandwidth"]
     ref = search.cv_results_["mean_test_score"] * 5 / len(data)  # equal folds: mean of totals → per point
     np.testing.assert_allclose([scores[h] for h in grid], ref, rtol=1e-6)
@@ -163,16 +163,16 @@ def test_select_bandwidth_agrees_with_sklearn_gridsearch():
 def test_holdout_bandwidth_prefers_the_generating_scale():
     rng = np.random.default_rng(0)
     fit, valid = rng.normal(size=(2000, 1)), rng.normal(size=(2000, 1))
-    best, scores = metrics.select_bandwidth_holdout(fit, valid, [0.01, 0.3, 10.0])
+    best, scores = kde.select_bandwidth_holdout(fit, valid, [0.01, 0.3, 10.0])
     assert best == 0.3 and len(scores) == 3
 
 
 def test_kfold_indices_partition():
-    folds = metrics.kfold_indices(23, 5, seed=1)
+    folds = kde.kfold_indices(23, 5, seed=1)
     assert sorted(torch.cat(folds).tolist()) == list(range(23))
     assert {len(f) for f in folds} <= {4, 5}
     with pytest.raises(ValueError):
-        metrics.kfold_indices(3, 5)
+        kde.kfold_indices(3, 5)
 
 
 # ---- clustering -----------------------------------------------------------------------------
