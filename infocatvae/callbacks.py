@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae import plots
@@ -20,51 +16,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder, then renames it over the target.
-
-    Lightning's own writer opens the target directly, so a kill mid-write leaves a truncated
-    ``last.ckpt``; a rename is atomic on POSIX file systems, so a reader sees the old file or
-    the new one, never half of one.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.remove_stale(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def remove_stale(path: Path, min_age_s: float = 60.0) -> None:
-        """Deletes temporary files of ``path`` left by a writer killed mid-write (SIGKILL, preemption):
-        those whose process is gone from this machine and that are at least ``min_age_s`` old."""
-        for tmp in path.parent.glob(f".{path.name}.tmp*"):
-            pid = tmp.name.rpartition(".tmp")[2]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-                continue  # a live process of that id: maybe a writer, leave it
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # alive, owned by someone else
-            try:
-                if time.time() - tmp.stat().st_mtime >= min_age_s:
-                    tmp.unlink()
-                    log.info("removed %s, left by a writer that was killed mid-write", tmp)
-            except FileNotFoundError:
-                pass
 
 
 class FiniteLossGuard(L.Callback):

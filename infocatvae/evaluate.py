@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import kde, metrics, plots, reader
+from infocatvae.checkpoints import load_model
 from infocatvae.config import CONFIG_DIR, run_dir_of
 from infocatvae.data import MNISTDataModule, ensure_dataset, load_split
-from infocatvae.models import load_model
 
 log = logging.getLogger(__name__)
 

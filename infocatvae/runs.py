@@ -3,7 +3,7 @@
 One job owns one folder (``paths.output_dir``) holding ``.hydra/``, ``checkpoints/`` (``last.ckpt``),
 ``tensorboard/``, ``status.json`` and ``train.log``. Everything that reads or writes those
 bookkeeping files goes through here: train, summarize and the experiment scripts. What a
-checkpoint holds, and how one is loaded, lives in ``infocatvae.models``.
+checkpoint holds, and how one is read, checked and loaded, lives in ``infocatvae.checkpoints``.
 """
 
 from __future__ import annotations

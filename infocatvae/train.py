@@ -22,44 +22,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from infocatvae.callbacks import AtomicCheckpointIO, EpochSeed
+from infocatvae.callbacks import EpochSeed
+from infocatvae.checkpoints import AtomicCheckpointIO, resolve_checkpoint
 from infocatvae.config import CONFIG_DIR, instantiate_all
-from infocatvae.models import CheckpointError, check_compatible, read_checkpoint
-from infocatvae.models.base import MODEL_KEY
 from infocatvae.runs import RunLock, check_output_dir, is_own, last_ckpt, read_status, write_status  # noqa: F401 (read_status: API)
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
-    """The checkpoint to resume from, checked against the configured model before anything is written.
-
-    - no ``ckpt_path``: this run's own ``last.ckpt`` when it has one, else none (a fresh start);
-    - ``ckpt_path`` in this run's ``checkpoints/``: that file;
-    - ``ckpt_path`` elsewhere (another run): the starting point of this run, which trains and writes
-      in its own folder and only reads the other; once this run has its own ``last.ckpt``, running
-      the same command again resumes that instead.
-
-    A checkpoint of another model class, or whose parameters do not fit the configured model
-    (K, δ, widths, the net), is refused with a message naming the fields; other hyperparameter
-    changes (λ, β, lr) are logged and allowed.
-    """
-    explicit, own_last = cfg.get("ckpt_path"), last_ckpt(run_dir)
-    if explicit and not is_own(explicit, run_dir) and own_last.exists():
-        log.info("%s already has %s: resuming it (ckpt_path=%s was its starting point)", run_dir, own_last, explicit)
-        explicit = None
-    path = Path(explicit) if explicit else own_last
-    if not explicit and not path.exists():
-        return None
-    ckpt = read_checkpoint(path)  # CheckpointError names the file
-    if hydra.utils.get_class(ckpt[MODEL_KEY]) is not type(model):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
-            f"{cfg.model._target_}; choose the matching model=... or another checkpoint"
-        )
-    check_compatible(ckpt, model, path)
-    log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
-    return str(path)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def test_figure_grids_follow_the_paper(checkpoints):
     """Figure 3 starts each row at decode(µ_c) and ends it at decode(µ_(c+1)); Figure 4's column λ' = 2
     is decode(µ_c) for λ = 2 (eq. 8)."""
     from infocatvae import plots
-    from infocatvae.models import load_model
+    from infocatvae.checkpoints import load_model
 
     model = load_model(checkpoints["infocatvae"] / "checkpoints" / "last.ckpt")
     centroids = plots.centroids_grid(model)  # one row: decode(µ_c), c = 0..K-1
@@ -284,7 +284,7 @@ def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir,
 
 
 def test_bad_checkpoint_and_missing_ckpt_path_are_named(data_dir, tmp_path):
-    from infocatvae.models import CheckpointError
+    from infocatvae.checkpoints import CheckpointError
 
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")

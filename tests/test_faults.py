@@ -214,7 +214,7 @@ def test_data_folder_not_writable_for_download(tmp_path):
 def test_checkpoint_writer_removes_files_of_killed_writers(tmp_path):
     """A writer killed mid-write leaves ``.last.ckpt.tmp<pid>``; the next save removes it once its
     process is gone and it is a minute old, and leaves a live process's file and a fresh one alone."""
-    from infocatvae.callbacks import AtomicCheckpointIO
+    from infocatvae.checkpoints import AtomicCheckpointIO
 
     dead = subprocess.Popen(["true"])
     dead.wait()

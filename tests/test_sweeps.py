@@ -98,7 +98,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     finished = [next(line for line in p.read_text().splitlines() if "Finished" in line) for p in logs]
     metrics = [f.split(": ", 1)[1] for f in finished]
     assert metrics[0] == metrics[1], finished
-    from infocatvae.models import load_model
+    from infocatvae.checkpoints import load_model
 
     load_model(run / "checkpoints" / "last.ckpt")
 

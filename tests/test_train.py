@@ -10,7 +10,8 @@ import hydra.utils
 import pytest
 import torch
 
-from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE, load_model
+from infocatvae.checkpoints import load_model
+from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE
 from infocatvae.train import read_status, train
 from tests.conftest import DATA_DIR, IMAGES, TINY, make_cfg
 

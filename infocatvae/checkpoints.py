@@ -1,0 +1,167 @@
+"""A checkpoint: read and check it (model class, corruption, truncation, shapes against the configured
+model), load any of the four models from it, write it atomically, and choose the one a job resumes.
+What a run folder holds (status, lock, where last.ckpt is) lives in ``infocatvae.runs``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
+
+from infocatvae.models.base import MODEL_KEY, BaseModel
+from infocatvae.runs import is_own, last_ckpt
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not exist, cannot be read, or holds another model."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at ``path`` (on the CPU), or a CheckpointError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, unpickling refused
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be read "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(ckpt, dict) or MODEL_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} was not written by infocatvae (no {MODEL_KEY!r} entry)")
+    return ckpt
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> BaseModel:
+    """Any of the four models from its checkpoint, in eval mode."""
+    ckpt = read_checkpoint(path)
+    cls = hydra.utils.get_class(ckpt[MODEL_KEY])
+    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    return model.eval()
+
+
+def _flat(node: Any, prefix: str = "model") -> dict[str, Any]:
+    """Nested hyperparameters as ``{"model.net.decoder.hidden": 400, ...}``."""
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+def check_compatible(ckpt: dict, model: BaseModel, path: str | Path) -> list[str]:
+    """Compares a checkpoint with the configured ``model`` before anything is trained or written.
+
+    A difference that changes a parameter's shape or the set of parameters (K, δ, widths, the net)
+    raises a CheckpointError naming each differing hyperparameter with both values; other differences
+    (λ, the betas, the learning rate) are allowed, logged, and returned as ``field: old -> new`` lines.
+    """
+    stored, configured = _flat(ckpt.get("hyper_parameters", {})), _flat(dict(model.hparams))
+    changed = [
+        f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, {configured.get(k, '<unset>')!r} configured"
+        for k in sorted(set(stored) | set(configured))
+        if stored.get(k) != configured.get(k)
+    ]
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    structural = sorted(k for k in set(own) | set(saved) if own.get(k) != saved.get(k))
+    if structural:
+        shapes = "; ".join(f"{k}: {saved.get(k, 'absent')} vs {own.get(k, 'absent')}" for k in structural[:4])
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the configured model: "
+            + ("; ".join(changed) if changed else "no hyperparameter differs, but the parameters do")
+            + f" (parameter shapes, checkpoint vs configured: {shapes}{' ...' if len(structural) > 4 else ''}). "
+            "Set these fields to the checkpoint's values, or start a new run without ckpt_path"
+        )
+    for line in changed:
+        log.info("Resuming with a changed hyperparameter: %s", line)
+    return changed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it over the target.
+
+    Lightning's own writer opens the target directly, so a kill mid-write leaves a truncated
+    ``last.ckpt``; a rename is atomic on POSIX file systems, so a reader sees the old file or
+    the new one, never half of one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.remove_stale(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def remove_stale(path: Path, min_age_s: float = 60.0) -> None:
+        """Deletes temporary files of ``path`` left by a writer killed mid-write (SIGKILL, preemption):
+        those whose process is gone from this machine and that are at least ``min_age_s`` old."""
+        for tmp in path.parent.glob(f".{path.name}.tmp*"):
+            pid = tmp.name.rpartition(".tmp")[2]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # a live process of that id: maybe a writer, leave it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, owned by someone else
+            try:
+                if time.time() - tmp.stat().st_mtime >= min_age_s:
+                    tmp.unlink()
+                    log.info("removed %s, left by a writer that was killed mid-write", tmp)
+            except FileNotFoundError:
+                pass
+
+
+def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
+    """The checkpoint to resume from, checked against the configured model before anything is written.
+
+    - no ``ckpt_path``: this run's own ``last.ckpt`` when it has one, else none (a fresh start);
+    - ``ckpt_path`` in this run's ``checkpoints/``: that file;
+    - ``ckpt_path`` elsewhere (another run): the starting point of this run, which trains and writes
+      in its own folder and only reads the other; once this run has its own ``last.ckpt``, running
+      the same command again resumes that instead.
+
+    A checkpoint of another model class, or whose parameters do not fit the configured model
+    (K, δ, widths, the net), is refused with a message naming the fields; other hyperparameter
+    changes (λ, β, lr) are logged and allowed.
+    """
+    explicit, own_last = cfg.get("ckpt_path"), last_ckpt(run_dir)
+    if explicit and not is_own(explicit, run_dir) and own_last.exists():
+        log.info("%s already has %s: resuming it (ckpt_path=%s was its starting point)", run_dir, own_last, explicit)
+        explicit = None
+    path = Path(explicit) if explicit else own_last
+    if not explicit and not path.exists():
+        return None
+    ckpt = read_checkpoint(path)  # CheckpointError names the file
+    if hydra.utils.get_class(ckpt[MODEL_KEY]) is not type(model):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {ckpt[MODEL_KEY]} but model._target_ is "
+            f"{cfg.model._target_}; choose the matching model=... or another checkpoint"
+        )
+    check_compatible(ckpt, model, path)
+    log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
+    return str(path)
