@@ -14,7 +14,8 @@ from omegaconf import DictConfig, open_dict
 from infocatvae.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("INFOCATVAE_DATA_DIR") or str(REPO.parent / "shared" / "data")
+# absolute, so that tests running from another folder find it too
+DATA_DIR = str(Path(os.environ.get("INFOCATVAE_DATA_DIR") or REPO.parent / "shared" / "data").resolve())
 
 # Tiny end-to-end runs on slices of the real data, in-process or as subprocesses of the entry points:
 # conf/debug/tiny.yaml (one epoch of 3 training batches and 1 validation batch of 64 images on the
