@@ -83,8 +83,14 @@ def main() -> None:
             table.setdefault(run, {})[e] = json.loads((out / "metrics.json").read_text())
         per_epoch, span = epoch_times(run_dir)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().strip().replace("\n", " ")
+        done = status.get("status") == "completed"
+        state = (
+            f"completed {status.get('epoch')} epochs"
+            if done
+            else f"in progress, latest snapshot after epoch {max(snaps)}"
+        )
         notes.append(
-            f"- `{run}`: {status.get('status', '?')} at epoch {status.get('epoch')} of "
+            f"- `{run}`: {state} of "
             f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
             f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
             f"(pauses included); overrides: `{overrides}`"
@@ -111,7 +117,7 @@ def main() -> None:
         f"- hardware: {common.hardware()}",
         f"- evaluation wall time of this script: {(time.perf_counter() - start) / 60:.1f} min",
         f"- command: `python {' '.join(sys.argv)}`",
-        "- each run was trained with the command of `experiments/results/README.md` (section Long runs)",
+        "- each run was trained by `experiments/long_runs.sh` (its exact command is in that script)",
     ]
     common.write("convergence", lines)
 
