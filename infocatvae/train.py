@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from infocatvae.callbacks import EpochSeed
 from infocatvae.checkpoints import AtomicCheckpointIO, resolve_checkpoint
 from infocatvae.config import CONFIG_DIR, instantiate_all
-from infocatvae.runs import RunLock, check_output_dir, is_own, last_ckpt, read_status, write_status  # noqa: F401 (read_status: API)
+from infocatvae.runs import RunLock, check_output_dir, is_own, read_status, write_status
 
 log = logging.getLogger(__name__)
 

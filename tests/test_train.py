@@ -12,7 +12,8 @@ import torch
 
 from infocatvae.checkpoints import load_model
 from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE
-from infocatvae.train import read_status, train
+from infocatvae.runs import read_status
+from infocatvae.train import train
 from tests.conftest import DATA_DIR, IMAGES, TINY, make_cfg
 
 MODELS = {"catvae": CatVAE, "infocatvae": InfoCatVAE, "catvae_free": FreePriorCatVAE, "aae": AAE}
