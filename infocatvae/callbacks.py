@@ -171,5 +171,5 @@ class ImageLogger(L.Callback):
         step = trainer.global_step
         writer.add_image("images/reconstructions", plots.reconstruction_grid(pl_module, x), step)
         writer.add_image("images/samples", plots.samples_grid(pl_module, self.n), step)
-        if hasattr(pl_module, "prior_means"):
+        if pl_module.has_prior_means:
             writer.add_image("images/centroids", plots.centroids_grid(pl_module), step)

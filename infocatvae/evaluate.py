@@ -148,7 +148,7 @@ def info_metrics(model, n: int, batch_size: int, sequential: bool, generator: to
     that lies in ``info_ce_on_probs``'s range, so it may be that variant; ``info_acc`` is ours.
     """
     c, x_gen = generate(model, n, batch_size, generator)
-    q = torch.cat([model.encode(to_view(x_gen[s], sequential, model.device))[0] for s in batches(n, batch_size)])
+    q = torch.cat([model.encode(to_view(x_gen[s], sequential, model.device)).q_c for s in batches(n, batch_size)])
     log_q = q.clamp_min(torch.finfo(q.dtype).tiny).log()
     return {
         "info_ce": float(F.nll_loss(log_q, c)),
@@ -164,7 +164,7 @@ def test_metrics(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> di
     Hungarian one-to-one mapping when K ≤ the number of labels, majority vote when K exceeds it). None of
     these are reported in the paper: they are ours."""
     recon, elbo, pred = 0.0, 0.0, []
-    has_elbo = hasattr(model, "elbo")
+    has_elbo = model.has_elbo
     for s in batches(len(x), batch_size):
         xb = x[s]
         recon += float(model.losses(xb)["recon"]) * len(xb)
@@ -339,7 +339,7 @@ def figures(cfg: DictConfig, model, x: torch.Tensor, y: torch.Tensor, out_dir: P
     """Figure 3 (interpolation), Figure 4 (λ variation), Figure 5 style samples, reconstructions and the
     PCA of the latent means; PNGs in ``out_dir``. Returns {name: grid tensor or matplotlib figure}."""
     figs: dict[str, Any] = {}
-    if hasattr(model, "prior_means"):
+    if model.has_prior_means:
         figs["fig3_interpolation"] = plots.interpolation_grid(model)
         figs["fig4_lambda"] = plots.lambda_grid(model)
     figs["samples"] = plots.samples_grid(model, cfg.figures.per_category)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from infocatvae.data import MNISTDataModule, load_split
-from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE
+from infocatvae.models import AAE, CatVAE, Encoding, FreePriorCatVAE, InfoCatVAE
 from infocatvae.priors import block_means
 from tests.conftest import DATA_DIR, make_cfg
 
@@ -37,7 +37,9 @@ def test_public_api_shapes(model, net, sequential, images, tmp_path):
     m = build(f"model={model} net={net}", tmp_path)
     x = batch(images, sequential)
     assert x.shape == ((32, 28, 28) if sequential else (32, 1, 28, 28))
-    q_c, mu, logvar = m.encode(x)
+    enc = m.encode(x)
+    assert isinstance(enc, Encoding)
+    q_c, mu, logvar = enc.q_c, enc.mu, enc.logvar
     K, d = m.K, m.d
     assert q_c.shape == (32, K) and torch.allclose(q_c.sum(-1), torch.ones(32))
     assert mu.shape == (32, K, d)
@@ -50,9 +52,15 @@ def test_public_api_shapes(model, net, sequential, images, tmp_path):
     assert s.shape == (3 * K, 1, 28, 28) and 0 <= s.min() and s.max() <= 1
     terms = m.losses(x)
     assert {"loss", "recon"} <= set(terms)
-    if not isinstance(m, AAE):
+    # capabilities are stated by the class, not probed
+    assert m.has_prior_means is m.has_elbo is (not isinstance(m, AAE))
+    if m.has_elbo:
         assert {"kl_cat", "kl_cont"} <= set(terms)
         assert m.prior_means.shape == (K, d)
+        assert m.elbo(x).shape == (32,)
+    else:
+        with pytest.raises(NotImplementedError, match="no ELBO"):
+            m.elbo(x)
     if isinstance(m, InfoCatVAE):
         assert "info" in terms
     assert all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())

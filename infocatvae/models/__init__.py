@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from infocatvae.models.aae import AAE
-from infocatvae.models.base import MODEL_KEY, BaseModel
+from infocatvae.models.base import MODEL_KEY, BaseModel, Encoding
 from infocatvae.models.catvae import CatVAE, FreePriorCatVAE
 from infocatvae.models.infocatvae import InfoCatVAE
 
-__all__ = ["AAE", "BaseModel", "CatVAE", "FreePriorCatVAE", "InfoCatVAE", "MODEL_KEY"]
+__all__ = ["AAE", "BaseModel", "CatVAE", "Encoding", "FreePriorCatVAE", "InfoCatVAE", "MODEL_KEY"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infocatvae import losses as L
-from infocatvae.models.base import IMAGE_SHAPE, BaseModel, is_int, require
+from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding, is_int, require
 from infocatvae.nets import Discriminator
 
 
@@ -63,15 +63,16 @@ class AAE(BaseModel):
     def _decoder_input(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([y, z], dim=-1) if self.K > 1 else z
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> Encoding:
         """(y, z broadcast to (B, K, d), None): the code does not depend on c and has no variance."""
         y, z = self._codes(x)
-        return y, z.unsqueeze(1).expand(-1, self.K, -1), None
+        return Encoding(y, z.unsqueeze(1).expand(-1, self.K, -1), None)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self._codes(x)[1]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoded [y, z] (z alone when K = 1): what the decoder reads in training."""
         return self.decode(self._decoder_input(*self._codes(x))).view(-1, *IMAGE_SHAPE)
 
     def sample(self, c: torch.Tensor) -> torch.Tensor:

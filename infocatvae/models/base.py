@@ -3,17 +3,19 @@
 Each model (pythae style) only states what differs: its heads, its latent code
 and its loss terms in ``losses``. The public API, the same on every model:
 
-- ``encode(x) -> (q_c [B, K], mu [B, K, d], logvar [B, K, d] or None)``
+- ``encode(x) -> Encoding(q_c [B, K], mu [B, K, d], logvar [B, K, d] or None)``
 - ``decode(z) -> pixel values (B, 784) in [0, 1]``; ``decode_logits(z)`` before the sigmoid
 - ``sample(c) -> images (B, 1, 28, 28)`` for category indices ``c``
 - ``reconstruct(x) -> images (B, 1, 28, 28)``, ``embed(x) -> codes (B, d)``
 - ``losses(x) -> dict`` of batch means, with at least ``loss`` and ``recon``
+- what a model offers beyond that is stated, not probed: ``has_prior_means`` (a Gaussian-mixture
+  prior with means ``prior_means``, drawn in Figures 3 and 4) and ``has_elbo`` (``elbo(x)``, eq. 14)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra.utils
 import lightning as L
@@ -47,10 +49,21 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+class Encoding(NamedTuple):
+    """What ``encode`` returns: the inference network's distributions for a batch of B inputs."""
+
+    q_c: torch.Tensor  # (B, K): q(c|x)
+    mu: torch.Tensor  # (B, K, d): the mean of q(z|x, c) for each category
+    logvar: torch.Tensor | None  # (B, K, d), or None for a deterministic code (the AAE)
+
+
 class BaseModel(L.LightningModule):
     """Base of the four models: builds ``encoder`` and ``decoder`` from the ``net`` config,
     validates the shared hyperparameters, logs every loss term under ``train/`` and ``val/``,
     and the clustering accuracy and NMI of ``argmax q(c|x)`` on each validation epoch."""
+
+    has_prior_means = False  # a Gaussian-mixture prior p(z|c) with means ``prior_means`` (K, d)
+    has_elbo = False  # ``elbo(x)``: the per-sample evidence lower bound
 
     def __init__(
         self, net: Mapping, optimizer: Mapping, K: int, decoder_in: int, likelihood: str = "bernoulli"
@@ -71,7 +84,7 @@ class BaseModel(L.LightningModule):
         self._train_count = 0
 
     # ---- the API each model fills in -------------------------------------------------------
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> Encoding:
         raise NotImplementedError
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,11 +106,16 @@ class BaseModel(L.LightningModule):
         return torch.sigmoid(self.decode_logits(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.embed(x)).view(-1, *IMAGE_SHAPE)
+        """Images (B, 1, 28, 28) decoded from the code of each input."""
+        raise NotImplementedError
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample evidence lower bound (B,), where ``has_elbo``."""
+        raise NotImplementedError(f"{type(self).__name__} has no ELBO")
 
     def cluster(self, x: torch.Tensor) -> torch.Tensor:
         """The category of each input: argmax q(c|x)."""
-        return self.encode(x)[0].argmax(-1)
+        return self.encode(x).q_c.argmax(-1)
 
     # ---- Lightning -------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from infocatvae import losses as L
-from infocatvae.models.base import IMAGE_SHAPE, BaseModel, is_int, is_number, require
+from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding, is_int, is_number, require
 from infocatvae.nets import CategoricalHeads
 from infocatvae.priors import MixturePrior
 
@@ -38,6 +38,9 @@ class CatVAE(BaseModel):
       batched call; with ``recon="soft"`` (the authors' public code), one z drawn from the
       Gaussian heads fed with [h, q(c|x)].
     """
+
+    has_prior_means = True
+    has_elbo = True
 
     def __init__(
         self,
@@ -102,14 +105,18 @@ class CatVAE(BaseModel):
         mu, logvar = self.heads.gaussian(h)
         return h, logits, mu, logvar
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> Encoding:
         _, logits, mu, logvar = self._encode(x)
-        return logits.softmax(-1), mu, logvar
+        return Encoding(logits.softmax(-1), mu, logvar)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of q(z|x, c*) for the most likely category c*: a (B, d) code."""
         q_c, mu, _ = self.encode(x)
         return mu[torch.arange(len(mu), device=mu.device), q_c.argmax(-1)]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoded ``embed(x)``: the mean code of the most likely category."""
+        return self.decode(self.embed(x)).view(-1, *IMAGE_SHAPE)
 
     def sample(self, c: torch.Tensor) -> torch.Tensor:
         """Images of categories ``c``: z ~ p(z|c), decoded (section 4, last paragraph)."""
