@@ -25,12 +25,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" $(ARGS)
 
 lint: $(STAMP)  ## ruff: lint, import order and format check (make format fixes what it can)
-	$(BIN)/ruff check infocatvae tests experiments
-	$(BIN)/ruff format --check infocatvae tests experiments
+	$(BIN)/ruff check infocatvae tests experiments hydra_plugins
+	$(BIN)/ruff format --check infocatvae tests experiments hydra_plugins
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix infocatvae tests experiments
-	$(BIN)/ruff format infocatvae tests experiments
+	$(BIN)/ruff check --fix infocatvae tests experiments hydra_plugins
+	$(BIN)/ruff format infocatvae tests experiments hydra_plugins
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir logs --bind_all

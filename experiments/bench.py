@@ -14,6 +14,23 @@ Prints one JSON object per line:
   max(|log p|, 1 nat); ``kde_max_rel_err`` is against the exact log-density (scipy ``cdist`` + logsumexp).
 - ``{"record": "kde_protocol", ...}``: the whole Table 1 density protocol (5-fold search over the
   60K training images, then 10K samples), timed.
+- ``{"record": "sweep", "local_s", "sequential_s", "ratio", "jobs", "max_concurrent", "cpus_per_task", ...}``:
+  the wall time of a sweep of ``jobs`` tiny but real jobs (``debug=tiny`` with ``--sweep-steps`` batches of
+  128, each its own seed) through ``hydra/launcher=local`` (one process per job, at most ``max_jobs`` at
+  once, each with ``cpus_per_task`` torch threads) and through Hydra's basic launcher (one after another
+  in one process, every core each); ``ratio`` = ``local_s / sequential_s`` (below 1: the local launcher is
+  faster); ``max_concurrent``: the most local jobs seen running at once (from each job folder's
+  ``.hydra/config.yaml``, written as it starts, and ``status.json``, written last).
+- ``{"record": "compile", ...}``: InfoCatVAE-MLP's bare training step with ``torch.compile`` on the model's
+  ``losses`` (forward and backward compiled; Adam eager) against eager, same process and initial weights:
+  ``compile_s`` (the first steps' extra time with an empty inductor cache), ``eval_compile_s`` (the second
+  graph that a validation pass in eval mode compiles), ``warm_cache_compile_s`` (both again from the on-disk
+  cache, as every later run), the steady-state images/s of both, alternated ``rounds`` times, their median
+  ratio, and the images of training after which compiling has paid for itself (cold and warm cache).
+- ``{"record": "profile", ...}``: ``torch.profiler`` over InfoCatVAE-MLP bare training steps: each op's
+  self CPU time put in one group (the elementwise passes over the B×K×784 reconstruction tensor, the
+  decoder's matrix products on the B·K codes, Adam's update, other matrix products, the rest) as shares
+  of the ops' total, the share of random-number ops (dropout masks, reparameterisation), and the top ops.
 """
 
 from __future__ import annotations
@@ -25,10 +42,12 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import hydra.utils
 import lightning as L
@@ -131,11 +150,11 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
     """Images per second of a Lightning training epoch of ``steps`` batches and of the bare loop, each the
     median over ``repeats`` alternating rounds after a warm-up round, and the median of their ratios."""
     datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model)
     callbacks = instantiate_all(
         {k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")}
     )
-    bare_model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    bare_model = hydra.utils.instantiate(cfg.model)
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
         x_all = datamodule.scale(datamodule.train_set.images[: 64 * cfg.data.batch_size]).to(device)
@@ -193,10 +212,10 @@ def step_flops_per_image(cfg, batch_size: int) -> float:
     torch's FlopCounterMode (matrix products and convolutions; elementwise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all").train()
+    model = hydra.utils.instantiate(cfg.model).train()
     x = torch.rand(batch_size, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
-        if hasattr(model, "recon_loss"):  # the AAE's three phases
+        if not model.automatic_optimization:  # the AAE's three phases
             for loss in (model.recon_loss(x), model.generator_loss(x), model.discriminator_loss(x)[0]):
                 loss.backward()
         else:
@@ -225,7 +244,7 @@ def bench_formulation(data_dir: str, device_name: str, steps: int, rounds: int) 
         dm = hydra.utils.instantiate(cfg.data)
         dm.setup("fit")
         x_all = dm.scale(dm.train_set.images[: 64 * cfg.data.batch_size]).to(device)
-        models = [hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all") for _ in range(2)]
+        models = [hydra.utils.instantiate(cfg.model) for _ in range(2)]
         rates: dict[str, list[float]] = {"logits": [], "sigmoid_bce": []}
         try:
             for _ in range(rounds + 1):  # the first round warms up
@@ -283,6 +302,299 @@ def bench_training(
                     "peak_fraction": round(flops * light / peak, 3),
                 }
             )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job_windows(sweep_dir: str | Path) -> list[tuple[float, float]]:
+    """(start, end) of each job of a sweep folder, as file times: Hydra writes ``.hydra/config.yaml`` as a job
+    starts (before the task runs), and ``status.json`` is written last as it ends."""
+    return [
+        ((status.parent / ".hydra" / "config.yaml").stat().st_mtime, status.stat().st_mtime)
+        for status in Path(sweep_dir).glob("*/status.json")
+    ]
+
+
+def max_concurrent(windows: list[tuple[float, float]]) -> int:
+    """The most windows open at one time (one that ends when another starts does not overlap it)."""
+    running = most = 0
+    for _, delta in sorted([(s, 1) for s, _ in windows] + [(e, -1) for _, e in windows]):
+        running += delta
+        most = max(most, running)
+    return most
+
+
+def bench_sweep(data_dir: str, jobs: int, steps: int, rounds: int) -> None:
+    """The same ``jobs`` tiny jobs (``debug=tiny``, ``steps`` batches of 128, seeds 0..jobs-1) as a sweep through
+    ``hydra/launcher=local`` and through Hydra's basic launcher (one after another in one process), each a fresh
+    sweep folder, ``rounds`` times alternated; wall times of the whole command."""
+    from hydra_plugins.infocatvae_launcher.local_launcher import available_cores, job_limit
+
+    overrides = [
+        "-m",
+        "debug=tiny",
+        f"trainer.limit_train_batches={steps}",
+        "data.batch_size=128",
+        f"paths.data_dir={data_dir}",
+        "seed=" + ",".join(str(i) for i in range(jobs)),
+    ]
+    times: dict[str, list[float]] = {"local": [], "basic": []}
+    windows, launcher_cfg = [], None
+    for _ in range(rounds):
+        for launcher in times:
+            with tempfile.TemporaryDirectory() as out:
+                cmd = [sys.executable, "-m", "infocatvae.train", *overrides, f"hydra/launcher={launcher}"]
+                t = time.perf_counter()
+                res = subprocess.run(
+                    [*cmd, f"hydra.sweep.dir={out}"], capture_output=True, text=True, cwd=REPO, env=dict(os.environ)
+                )
+                times[launcher].append(time.perf_counter() - t)
+                statuses = [json.loads(p.read_text()).get("status") for p in Path(out).glob("*/status.json")]
+                if res.returncode != 0 or statuses.count("completed") != jobs:
+                    raise RuntimeError(f"the {launcher} sweep failed ({statuses}): {res.stderr[-2000:]}")
+                if launcher == "local":
+                    windows.append(job_windows(out))
+                    launcher_cfg = OmegaConf.load(Path(out) / "multirun.yaml").hydra.launcher
+    cpus = launcher_cfg.get("cpus_per_task")
+    emit(
+        {
+            "record": "sweep",
+            "jobs": jobs,
+            "steps": steps,
+            "batch_size": 128,
+            "rounds": rounds,
+            "local_s": round(statistics.median(times["local"]), 1),
+            "sequential_s": round(statistics.median(times["basic"]), 1),
+            "ratio": round(statistics.median(a / b for a, b in zip(times["local"], times["basic"])), 3),
+            "max_concurrent": max(max_concurrent(w) for w in windows),
+            "cpus_per_task": cpus,
+            "max_jobs": job_limit(launcher_cfg.get("max_jobs"), cpus),
+            "cores": available_cores(),
+            "local_s_all": [round(t, 1) for t in times["local"]],
+            "sequential_s_all": [round(t, 1) for t in times["basic"]],
+        }
+    )
+
+
+def train_steps_seconds(model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device) -> float:
+    """Wall time of the first ``steps`` bare training steps of a fresh optimiser (compilation included)."""
+    model.to(device).train()
+    opt = model.configure_optimizers()
+    sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"].backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def eval_pass_seconds(model, x: torch.Tensor, device: torch.device) -> float:
+    """One ``losses`` call in eval mode without gradients, as a validation step makes it."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            sync(device)
+            t = time.perf_counter()
+            model.losses(x)
+            sync(device)
+            return time.perf_counter() - t
+    finally:
+        model.train()
+
+
+def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode: str = "default") -> None:
+    """InfoCatVAE-MLP's bare step with ``torch.compile(model.losses, mode=mode)`` against eager, same weights.
+
+    The first compilation is cold (an empty inductor cache, as a machine's first run); a second one, after
+    ``torch._dynamo.reset()``, reads the on-disk cache that the first wrote, as every later run does."""
+    import torch._dynamo
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_cfg("infocatvae", "mlp", out, data_dir, device_name)
+        dm = hydra.utils.instantiate(cfg.data)
+        dm.setup("fit")
+        batch_size = cfg.data.batch_size
+        x_all = dm.scale(dm.train_set.images[: 64 * batch_size]).to(device)
+
+    def build(compiled: bool):
+        torch.manual_seed(0)  # the same initial weights for every copy
+        model = hydra.utils.instantiate(cfg.model).to(device)
+        if compiled:
+            # An instance attribute over the method: training_step calls self.losses, and the weights stay where
+            # they are (state_dict keys unchanged, unlike torch.compile(model), which compiles only forward).
+            model.losses = torch.compile(model.losses, mode=mode)
+        return model
+
+    first, x_val = 3, x_all[:batch_size]
+    eager, compiled = build(False), build(True)
+    t_eager = train_steps_seconds(eager, x_all, batch_size, first, device)
+    e_eager = eval_pass_seconds(eager, x_val, device)
+    previous_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            torch._dynamo.utils.counters.clear()
+            t_cold = train_steps_seconds(compiled, x_all, batch_size, first, device)  # forward and backward
+            e_cold = eval_pass_seconds(compiled, x_val, device)  # eval mode, no grad: another graph
+            graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+            breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
+            torch._dynamo.reset()
+            warm = build(True)
+            t_warm = train_steps_seconds(warm, x_all, batch_size, first, device)
+            e_warm = eval_pass_seconds(warm, x_val, device)
+        finally:
+            if previous_cache is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous_cache
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(rounds + 1):  # the first round warms up
+        for name, model in (("eager", eager), ("compiled", warm)):
+            rates[name].append(bare_throughput(model, x_all, batch_size, steps, device, repeats=1))
+    eager_rate, compiled_rate = (statistics.median(rates[k][1:]) for k in ("eager", "compiled"))
+    compile_s, eval_compile_s = t_cold - t_eager, e_cold - e_eager
+    warm_s = (t_warm - t_eager) + (e_warm - e_eager)
+    saved = 1 / eager_rate - 1 / compiled_rate  # seconds saved per image
+
+    def break_even(cost: float) -> int | None:
+        return round(cost / saved) if saved > 0 else None
+
+    cold_images, warm_images = break_even(compile_s + eval_compile_s), break_even(warm_s)
+    emit(
+        {
+            "record": "compile",
+            "model": "infocatvae",
+            "net": "mlp",
+            "device": str(device),
+            "mode": mode,
+            "what": "model.losses (forward + backward); Adam eager",
+            "batch_size": batch_size,
+            "steps": steps,
+            "rounds": rounds,
+            "first_steps": first,
+            "first_steps_eager_s": round(t_eager, 2),
+            "first_steps_compiled_s": round(t_cold, 2),
+            "compile_s": round(compile_s, 1),
+            "eval_compile_s": round(eval_compile_s, 1),
+            "warm_cache_compile_s": round(warm_s, 1),
+            "graphs": graphs,
+            "graph_breaks": breaks,
+            "eager_img_per_s": round(eager_rate, 1),
+            "compiled_img_per_s": round(compiled_rate, 1),
+            "speedup_compiled_vs_eager": round(
+                statistics.median(c / e for c, e in zip(rates["compiled"][1:], rates["eager"][1:])), 3
+            ),
+            # images of training after which the compiled run is ahead (compilation, cold and warm, included);
+            # null when compiled steps are not faster; an MNIST epoch is 55,000 images
+            "break_even_images": cold_images,
+            "break_even_images_warm_cache": warm_images,
+            "pays_off_in_first_epoch": cold_images is not None and cold_images <= 55000,
+        }
+    )
+
+
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::addmv"}
+RNG_OPS = ("bernoulli", "normal_", "uniform_", "random_", "aten::rand")
+
+
+def profile_group(evt, rows: int, recon_numel: int) -> str:
+    """The group of a profiler event: ``adam`` (inside ``Optimizer.step``), ``decoder_matmul`` (a product with
+    the B·K decoder codes as rows), ``other_matmul``, ``recon_elementwise`` (any other op on a tensor of B·K·784
+    elements), ``decoder_elementwise`` (any other op on the decoder's (B·K, ·) activations), ``other``."""
+    parent = evt
+    while parent is not None:
+        if parent.name.startswith("Optimizer.step"):
+            return "adam"
+        parent = parent.cpu_parent
+    shapes = [s for s in (evt.input_shapes or []) if s]
+    if evt.name in MATMUL_OPS:
+        return "decoder_matmul" if any(rows in s for s in shapes) else "other_matmul"
+    if any(math.prod(s) == recon_numel for s in shapes):
+        return "recon_elementwise"
+    if any(s[0] == rows for s in shapes):
+        return "decoder_elementwise"
+    return "other"
+
+
+def bench_profile(data_dir: str, device_name: str, steps: int, top: int = 12) -> None:
+    """``torch.profiler`` over ``steps`` bare InfoCatVAE-MLP training steps (after 3 warm-up steps): self CPU
+    time per group of ``profile_group``, as shares of all ops' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_cfg("infocatvae", "mlp", out, data_dir, device_name)
+        dm = hydra.utils.instantiate(cfg.data)
+        dm.setup("fit")
+        batch_size, K = cfg.data.batch_size, cfg.model.K
+        x_all = dm.scale(dm.train_set.images[: (steps + 3) * batch_size]).to(device)
+        torch.manual_seed(0)
+        model = hydra.utils.instantiate(cfg.model).to(device).train()
+    opt = model.configure_optimizers()
+
+    def step(i: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"].backward()
+        opt.step()
+
+    for i in range(3):
+        step(i)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        sync(device)
+        t = time.perf_counter()
+        for i in range(steps):
+            step(3 + i)
+        sync(device)
+        wall = time.perf_counter() - t
+    groups: dict[str, float] = dict.fromkeys(
+        ("recon_elementwise", "decoder_matmul", "decoder_elementwise", "adam", "other_matmul", "other"), 0.0
+    )
+    ops: dict[tuple[str, str], list] = {}
+    rng = 0.0
+    for evt in prof.events():
+        self_us = evt.self_cpu_time_total
+        group = profile_group(evt, batch_size * K, batch_size * K * 784)
+        groups[group] += self_us
+        if any(k in evt.name for k in RNG_OPS):
+            rng += self_us
+        row = ops.setdefault((evt.name, str([s for s in (evt.input_shapes or []) if s])), [0.0, 0, group])
+        row[0] += self_us
+        row[1] += 1
+    total = sum(groups.values())
+    emit(
+        {
+            "record": "profile",
+            "model": "infocatvae",
+            "net": "mlp",
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "batch_size": batch_size,
+            "K": K,
+            "steps": steps,
+            "wall_ms_per_step": round(1e3 * wall / steps, 2),
+            "ops_ms_per_step": round(total / 1e3 / steps, 2),
+            # Python, autograd bookkeeping between ops and the profiler's own cost
+            "outside_ops_share": round(1 - total / 1e6 / wall, 3),
+            "shares": {k: round(v / total, 3) for k, v in groups.items()},
+            "rng_share": round(rng / total, 3),
+            "top_ops": [
+                {
+                    "op": name,
+                    "shapes": shapes,
+                    "group": group,
+                    "calls_per_step": round(calls / steps, 1),
+                    "ms_per_step": round(us / 1e3 / steps, 2),
+                    "share": round(us / total, 3),
+                }
+                for (name, shapes), (us, calls, group) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]
+            ],
+        }
+    )
 
 
 def bench_kde(n_fit: int, n_samples: int, data_dir: str, device_name: str, protocol: bool, repeats: int = 5) -> None:
@@ -403,7 +715,14 @@ def main() -> None:
     parser.add_argument("--kde-fit", type=int, default=10000)
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "kde", "formulation"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["train", "kde", "formulation", "sweep", "compile", "profile"]
+    )
+    parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed local and sequential sweeps")
+    parser.add_argument("--sweep-steps", type=int, default=60, help="training batches of each sweep job")
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="alternated local/sequential sweeps")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compile record")
+    parser.add_argument("--profile-steps", type=int, default=20, help="training steps under torch.profiler")
     parser.add_argument(
         "--baseline",
         action="store_true",
@@ -434,6 +753,12 @@ def main() -> None:
         return
     if "train" not in args.skip:
         bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds)
+    if "profile" not in args.skip:
+        bench_profile(data_dir, args.device, args.profile_steps)
+    if "compile" not in args.skip:
+        bench_compile(data_dir, args.device, args.steps_mlp, args.rounds, args.compile_mode)
+    if "sweep" not in args.skip:
+        bench_sweep(data_dir, args.sweep_jobs, args.sweep_steps, args.sweep_rounds)
     if "kde" not in args.skip:
         bench_kde(args.kde_fit, args.kde_samples, data_dir, args.device, not args.no_protocol)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from infocatvae.runs import last_ckpt, read_status
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 PAPER_EPOCHS = 600
@@ -65,8 +67,7 @@ def train(experiment: str, args) -> tuple[Path, float]:
     ]
     if args.limit_train_batches:
         cmd.append(f"trainer.limit_train_batches={args.limit_train_batches}")
-    status = run_dir / "status.json"
-    done = status.is_file() and json.loads(status.read_text()).get("status") == "completed"
+    done = read_status(run_dir).get("status") == "completed"
     start = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -80,7 +81,7 @@ def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[d
         sys.executable,
         "-m",
         "infocatvae.evaluate",
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"ckpt_path={last_ckpt(run_dir)}",
         f"hydra.run.dir={out}",
         f"paths.log_dir={args.log_dir}",
         *overrides,

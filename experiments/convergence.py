@@ -22,6 +22,8 @@ from pathlib import Path
 
 import common
 
+from infocatvae.runs import read_status
+
 RUNS = [
     "table1_aae_e100",
     "table1_catvae_e100",
@@ -59,7 +61,7 @@ def main() -> None:
     notes = []
     for run in args.runs:
         run_dir = Path(args.log_dir) / "experiments" / run
-        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
+        status = read_status(run_dir)
         snaps = {int(f.stem.removeprefix("epoch")): f for f in (run_dir / "checkpoints").glob("epoch*.ckpt")}
         wanted = sorted(e for e in snaps if e in args.epochs_at or e == max(snaps))
         if not wanted:

@@ -1,4 +1,5 @@
-"""Lightning callbacks and the checkpoint IO plugin that make runs safe to leave alone."""
+"""Lightning callbacks: the finite-loss guard, the per-epoch seed, the checkpoint on interrupt, the epoch
+snapshots and the image grids in TensorBoard. Writing checkpoints atomically: ``infocatvae.checkpoints``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae import plots
+from infocatvae.runs import last_ckpt
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,7 @@ class FiniteLossGuard(L.Callback):
     and before every validation and checkpoint.
     """
 
-    def __init__(self, check_every_n_steps: int | None = None) -> None:
-        if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
-            raise ValueError(
-                f"callbacks.finite_loss.check_every_n_steps must be null or an integer >= 1, "
-                f"got {check_every_n_steps!r}"
-            )
+    def __init__(self, check_every_n_steps: int | None) -> None:
         self.requested = check_every_n_steps
         self.every = check_every_n_steps or 1
         self._terms: list[str] | None = None
@@ -71,7 +68,7 @@ class FiniteLossGuard(L.Callback):
             return
         step, batch, term = self._first.tolist()
         if step >= 0:
-            ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            ckpt = last_ckpt(trainer.default_root_dir)
             raise NonFiniteLossError(
                 f"loss term '{self._terms[term]}' became non-finite at epoch {trainer.current_epoch}, "
                 f"batch {batch} (optimiser step {step}); training stopped. "
@@ -108,14 +105,16 @@ class EpochSeed(L.Callback):
 class InterruptCheckpoint(L.Callback):
     """Saves ``last.ckpt`` when the process is asked to stop: SIGTERM (a cluster's preemption)
     or SIGINT (Ctrl-C), or submitit's preemption/time-out signal (which exits through
-    ``SystemExit`` after requeueing the job). Lightning only notices SIGTERM at the end of an
-    epoch; this callback stops at the end of the current batch. Other errors (a NaN loss)
-    save nothing, so ``last.ckpt`` keeps the last good state."""
+    ``SystemExit`` after requeueing the job), into the run folder's ``last.ckpt``. Other errors
+    (a NaN loss) save nothing, so ``last.ckpt`` keeps the last good state."""
 
-    def __init__(self, dirpath: str, filename: str = "last") -> None:
-        self.path = Path(dirpath) / f"{filename}.ckpt"
+    def __init__(self, run_dir: str) -> None:
+        self.path = last_ckpt(run_dir)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Lightning >= 2.6 raises SIGTERMException itself once the batch during which SIGTERM came is
+        # logged; older versions only at the epoch's end: stop before the next batch. Raising in
+        # on_train_batch_end would skip the logging of a batch already trained (a gap in the curves).
         if trainer.received_sigterm:
             raise SIGTERMException()
 
@@ -139,9 +138,7 @@ class EpochSnapshots(L.Callback):
     epoch); this one-method callback names them by epochs completed instead.
     """
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 0) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
-            raise ValueError(f"callbacks.snapshots.every_n_epochs must be an integer >= 0, got {every_n_epochs!r}")
+    def __init__(self, dirpath: str, every_n_epochs: int) -> None:
         self.dirpath, self.every = Path(dirpath), every_n_epochs
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -154,7 +151,7 @@ class ImageLogger(L.Callback):
     """TensorBoard image grids on each validation epoch: reconstructions beside their inputs,
     class-conditional samples (one row per category) and the decoded centroids µ_c."""
 
-    def __init__(self, every_n_epochs: int = 1, n_images: int = 8) -> None:
+    def __init__(self, every_n_epochs: int, n_images: int) -> None:
         self.every, self.n = every_n_epochs, n_images
 
     @torch.no_grad()

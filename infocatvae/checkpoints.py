@@ -1,9 +1,11 @@
 """A checkpoint: read and check it (model class, corruption, truncation, shapes against the configured
-model), load any of the four models from it, write it atomically, and choose the one a job resumes.
-What a run folder holds (status, lock, where last.ckpt is) lives in ``infocatvae.runs``."""
+model), rebuild from it any of the four models and the data module that trained it, write it atomically,
+and choose the one a job resumes. What a run folder holds (status, lock, where last.ckpt is) lives in
+``infocatvae.runs``."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -17,6 +19,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig
 
+from infocatvae.config import model_defaults
+from infocatvae.data import MNISTDataModule
 from infocatvae.models.base import MODEL_KEY, BaseModel
 from infocatvae.runs import is_own, last_ckpt
 
@@ -44,12 +48,69 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> BaseModel:
-    """Any of the four models from its checkpoint, in eval mode."""
-    ckpt = read_checkpoint(path)
+def _init_fields(cls: type) -> set[str]:
+    """The hyperparameters a model class takes: the arguments of its ``__init__`` and of its bases' below BaseModel."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if issubclass(klass, BaseModel) and klass is not BaseModel and "__init__" in vars(klass):
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            names |= {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
+def _deep_merge(base: Mapping, top: Mapping) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def model_from(ckpt: dict, path: str | Path) -> BaseModel:
+    """The model a checkpoint dict (``read_checkpoint``) holds, with its weights, in eval mode, on the CPU.
+
+    Built from the hyperparameters stored in it. A checkpoint written before a field existed (or after
+    one was removed) still loads: missing fields take the shipped config's defaults (conf/model, conf/net)
+    and fields the class no longer takes are dropped, both logged."""
     cls = hydra.utils.get_class(ckpt[MODEL_KEY])
-    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    fields = _init_fields(cls)
+    stored = ckpt.get("hyper_parameters", {})
+    hparams = {k: v for k, v in stored.items() if k in fields}
+    if dropped := sorted(set(stored) - fields):
+        log.info("%s: ignoring stored fields that %s no longer takes: %s", path, cls.__name__, dropped)
+    try:
+        model = cls(**hparams)
+    except TypeError:  # a field added after the checkpoint was written: complete it from the shipped config
+        encoder = (hparams.get("net") or {}).get("encoder", {}).get("_target_")
+        defaults = model_defaults(cls, encoder)
+        if defaults is None:
+            raise
+        completed = _deep_merge({k: v for k, v in defaults.items() if k in fields}, hparams)
+        added = sorted(set(_flat(completed)) - set(_flat(hparams)))
+        log.info("%s: fields missing from the checkpoint, set to the shipped defaults: %s", path, added)
+        model = cls(**completed)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        msg = f"checkpoint {path} does not fit the {cls.__name__} its hyperparameters describe: {err}"
+        raise CheckpointError(msg) from err
     return model.eval()
+
+
+def datamodule_from(ckpt: dict, data_dir: str, fallback: Mapping) -> tuple[MNISTDataModule, str]:
+    """The data module that trained the checkpoint, rebuilt from the hyperparameters Lightning stored in it
+    (data set, view, validation split), reading ``data_dir``, in host memory; fields it lacks are taken from
+    ``fallback`` (a ``data`` config). Returns the module and where its settings came from: ``checkpoint``,
+    or ``config`` when the checkpoint stores none (a model trained without a data module)."""
+    stored = ckpt.get("datamodule_hyper_parameters") or {}
+    accepted = set(inspect.signature(MNISTDataModule.__init__).parameters) - {"self"}
+    settings = {k: v for k, v in {**fallback, **stored}.items() if k in accepted}
+    settings.update(data_dir=data_dir, on_device=False, download=False)
+    return MNISTDataModule(**settings), "checkpoint" if stored else "config"
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> BaseModel:
+    """Any of the four models from its checkpoint file, in eval mode (``model_from`` of ``read_checkpoint``)."""
+    return model_from(read_checkpoint(path), path).to(map_location)
 
 
 def _flat(node: Any, prefix: str = "model") -> dict[str, Any]:

@@ -1,12 +1,13 @@
-"""Hydra plumbing shared by the entry points: the config folder, the ``run_id`` resolver and the run
-folder of a checkpoint."""
+"""Hydra plumbing shared by the entry points: the config folder, composing the training config from code
+(and the shipped defaults of a model), and instantiating a group of named entries. The resolvers the
+configs use for folder names (``run_id``, ``eval_dir``) live with the run folders, in ``infocatvae.runs``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def _config_dir() -> str:
@@ -21,17 +22,36 @@ def _config_dir() -> str:
 CONFIG_DIR = _config_dir()
 
 
-def run_id(override_dirname: str) -> str:
-    """A job's folder name from its overrides (``model.lam=4,model=catvae``), ``default`` when none."""
-    return override_dirname.replace("/", "_") or "default"
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The training config for ``overrides``, composed by Hydra inside a running app (evaluate) or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=overrides)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
 
 
-def run_dir_of(ckpt_path: str | Path) -> Path | None:
-    """The training run folder holding ``ckpt_path`` (``<run>/checkpoints/<file>`` with ``<run>/.hydra``)."""
-    parent = Path(ckpt_path).resolve().parent
-    if parent.name == "checkpoints" and (parent.parent / ".hydra").is_dir():
-        return parent.parent
-    return None
+def model_defaults(model_cls: type, encoder_target: str | None) -> dict[str, Any] | None:
+    """The ``model`` entry of the shipped config whose ``conf/model`` option builds ``model_cls`` and whose
+    ``conf/net`` option builds the encoder ``encoder_target``, as a plain dict: the defaults a checkpoint
+    written before a field existed is completed with. None when no shipped option builds that class."""
+    import hydra.utils
+
+    def builds(path: Path, key: str, wanted: Any) -> bool:
+        target = OmegaConf.select(OmegaConf.load(path), key)
+        return target is not None and wanted is not None and hydra.utils.get_class(target) is wanted
+
+    encoder_cls = hydra.utils.get_class(encoder_target) if encoder_target else None
+    options = {
+        group: next((f.stem for f in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")) if builds(f, key, wanted)), None)
+        for group, key, wanted in (("model", "_target_", model_cls), ("net", "net.encoder._target_", encoder_cls))
+    }
+    if options["model"] is None:
+        return None
+    overrides = [f"{group}={name}" for group, name in options.items() if name is not None]
+    return OmegaConf.to_container(compose_train(overrides).model, resolve=True)
 
 
 def instantiate_all(group: Any) -> list[Any]:
@@ -42,4 +62,5 @@ def instantiate_all(group: Any) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
 
 
-OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+# the resolvers the configs use (${run_id:...}, ${eval_dir:...}) are registered when runs is imported
+import infocatvae.runs  # noqa: E402, F401

@@ -87,7 +87,7 @@ def ensure_dataset(data_dir: str | Path, dataset: str, download: bool = True) ->
     Raises ``DataError`` naming the folder and the files expected when that fails.
     """
     if dataset not in DATASETS:
-        raise DataError(f"data.name must be one of {list(DATASETS)}, got {dataset!r}")
+        raise DataError(f"unknown dataset {dataset!r}: the known ones are {list(DATASETS)}")
     problems = check_raw_files(data_dir, dataset)
     if problems and download and all(p.endswith("is missing") for p in problems):
         folder = Path(data_dir)
@@ -149,29 +149,20 @@ class MNISTDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        name: str = "mnist",
-        data_dir: str | None = None,
-        sequential: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
-        on_device: bool = True,
-        download: bool = True,
+        *,
+        name: str,
+        data_dir: str | None,
+        sequential: bool,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: int,
+        split_seed: int,
+        shuffle_seed: int,
+        on_device: bool,
+        download: bool,
     ) -> None:
+        # No defaults here: conf/data/*.yaml holds them (README, "Layout"); data_dir None: default_data_dir().
         super().__init__()
-        if name not in DATASETS:
-            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
-        for field, value, low in (
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("val_size", val_size, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"data.{field} must be an integer >= {low}, got {value!r}")
-        if val_size >= 60000:
-            raise ValueError(f"data.val_size must be below 60000 (the training set), got {val_size}")
         self.save_hyperparameters()
         self.name = name
         self.data_dir = data_dir if data_dir is not None else default_data_dir()
@@ -237,8 +228,12 @@ class MNISTDataModule(L.LightningDataModule):
 
     def scale(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 28, 28) → float in [0, 1], in this module's view."""
-        x = images.float().div_(255.0)
-        return x if self.sequential else x.unsqueeze(1)
+        return self.as_view(images.float().div_(255.0))
+
+    def as_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel values of N images, flat (N, 784) or not, in this module's view: (N, 28, 28) rows when
+        ``sequential``, else (N, 1, 28, 28)."""
+        return x.reshape(len(x), 28, 28) if self.sequential else x.reshape(len(x), 1, 28, 28)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch

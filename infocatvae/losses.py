@@ -82,4 +82,4 @@ def reconstruction(
         if likelihood == "gaussian":
             err = (torch.sigmoid(logits) - x).pow(2)
             return err.unflatten(-1, (-1, step_size)).mean(-1).sum(-1)
-        raise ValueError(f"model.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
+        raise ValueError(f"unknown likelihood {likelihood!r}: the known ones are {list(LIKELIHOODS)}")

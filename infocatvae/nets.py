@@ -19,7 +19,7 @@ from torch import nn
 class MLPEncoder(nn.Module):
     """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU."""
 
-    def __init__(self, in_dim: int = 784, hidden: int = 400, dropout: float = 0.25) -> None:
+    def __init__(self, hidden: int, dropout: float, in_dim: int = 784) -> None:
         super().__init__()
         self.out_dim = hidden
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU())
@@ -37,9 +37,9 @@ class MLPDecoder(nn.Module):
     def __init__(
         self,
         latent_dim: int,
-        hidden: int = 400,
-        dropout: float = 0.25,
-        output_dropout: float = 0.25,
+        hidden: int,
+        dropout: float,
+        output_dropout: float,
         out_dim: int = 784,
     ) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ class MLPDecoder(nn.Module):
 class GRUEncoder(nn.Module):
     """Table 3, left column: a bidirectional GRU (hidden 128) over the 28 rows; its two final states (256)."""
 
-    def __init__(self, row_dim: int = 28, hidden: int = 128) -> None:
+    def __init__(self, hidden: int, row_dim: int = 28) -> None:
         super().__init__()
         self.row_dim = row_dim
         self.out_dim = 2 * hidden
@@ -74,9 +74,7 @@ class GRUDecoder(nn.Module):
     28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns the logits before the
     sigmoid, (B, steps·row_dim)."""
 
-    def __init__(
-        self, latent_dim: int, hidden: int = 128, row_dim: int = 28, steps: int = 28, output_dropout: float = 0.0
-    ) -> None:
+    def __init__(self, latent_dim: int, hidden: int, output_dropout: float, row_dim: int = 28, steps: int = 28) -> None:
         super().__init__()
         self.steps = steps
         self.init = nn.Linear(latent_dim, hidden)
@@ -127,7 +125,7 @@ class CategoricalHeads(nn.Module):
 class Discriminator(nn.Module):
     """MLP discriminator on codes for the adversarial autoencoder: returns one logit per code."""
 
-    def __init__(self, in_dim: int, hidden: int = 400, layers: int = 2) -> None:
+    def __init__(self, in_dim: int, hidden: int, layers: int) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         width = in_dim

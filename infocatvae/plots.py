@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torchvision.utils import make_grid
 
@@ -89,3 +91,37 @@ def save_grid(grid: torch.Tensor, path) -> None:
     from torchvision.utils import save_image
 
     save_image(grid, str(path))
+
+
+@torch.no_grad()
+def evaluation_figures(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out_dir,
+    *,
+    per_category: int,
+    n_recon: int,
+    pca_points: int,
+    batch_size: int,
+) -> dict:
+    """Figure 3 (interpolation) and Figure 4 (λ variation) where the model ``has_prior_means``, Figure 5
+    style samples, reconstructions of the first ``n_recon`` inputs ``x`` and the PCA of the latent means
+    of ``pca_points`` of them; each saved as ``<name>.png`` in ``out_dir``. Returns {name: grid tensor or
+    matplotlib figure}."""
+    figs: dict = {}
+    if model.has_prior_means:
+        figs["fig3_interpolation"] = interpolation_grid(model)
+        figs["fig4_lambda"] = lambda_grid(model)
+    figs["samples"] = samples_grid(model, per_category)
+    figs["reconstructions"] = reconstruction_grid(model, x[:n_recon])
+    n = min(pca_points, len(x))
+    codes = torch.cat([model.embed(x[s : s + batch_size]) for s in range(0, n, batch_size)])[:n]
+    figs["latent_pca"] = pca_figure(codes, y[:n], title=f"{type(model).__name__}: PCA of the latent means")
+    for name, fig in figs.items():
+        path = Path(out_dir) / f"{name}.png"
+        if torch.is_tensor(fig):
+            save_grid(fig, path)
+        else:
+            fig.savefig(path)
+    return figs

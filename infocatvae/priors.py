@@ -32,18 +32,18 @@ class MixturePrior(nn.Module):
         K: int,
         delta: int,
         lam: float,
-        learn_means: bool = False,
-        learn_logvar: bool = False,
-        init: str = "block",
+        learn_means: bool,
+        learn_logvar: bool,
+        init: str,
     ) -> None:
         super().__init__()
-        if init not in self.INITS:
-            raise ValueError(f"model.prior_init must be one of {list(self.INITS)}, got {init!r}")
         self.K, self.delta, self.d = K, delta, K * delta
         if init == "block":
             means = block_means(K, delta, lam)
-        else:
+        elif init == "random":
             means = lam * torch.randn(K, K * delta)
+        else:
+            raise ValueError(f"unknown init {init!r}: the known ones are {list(self.INITS)}")
         logvar = torch.zeros(K, K * delta)
         if learn_means:
             self.means = nn.Parameter(means)

@@ -24,7 +24,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,29 +70,23 @@ class ReaderCNN(nn.Module):
         return self.head(self.features(x * 2.0 - 1.0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReaderSettings:
-    """What the trained weights depend on (with the data set and READER_VERSION): the cache key."""
+    """What the trained weights depend on (with the data set and READER_VERSION): the cache key.
+    The values are conf/eval.yaml's ``reader`` block (``from_config``); they have no defaults here."""
 
-    epochs: int = 2
-    batch_size: int = 128
-    # Adam's learning rate, decayed linearly to 0 over the training steps
-    lr: float = 3e-3
-    width: int = 16
-    hidden: int = 128
-    seed: int = 0
-    # training images used (the first ones of a seeded shuffle); None: all 60K
-    train_size: int | None = None
+    epochs: int
+    batch_size: int
+    lr: float  # Adam's learning rate, decayed linearly to 0 over the training steps
+    width: int
+    hidden: int
+    seed: int
+    train_size: int | None  # training images used (the first ones of a seeded shuffle); None: all 60K
 
-    def __post_init__(self) -> None:
-        for field in ("epochs", "batch_size", "width", "hidden"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"reader.{field} must be an integer >= 1, got {value!r}")
-        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):
-            raise ValueError(f"reader.train_size must be null or an integer >= 1, got {self.train_size!r}")
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
-            raise ValueError(f"reader.lr must be a number > 0, got {self.lr!r}")
+    @classmethod
+    def from_config(cls, reader_cfg: Mapping) -> ReaderSettings:
+        """The settings of a ``reader`` config block (its other keys are ignored)."""
+        return cls(**{f.name: reader_cfg[f.name] for f in fields(cls)})
 
     def key(self, dataset: str) -> dict[str, Any]:
         return {
@@ -173,14 +168,13 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_s
 def load_or_train(
     data_dir: str | Path,
     dataset: str,
-    settings: ReaderSettings | None = None,
+    settings: ReaderSettings,
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> Reader:
     """The reader of ``dataset``: read from ``cache_dir`` when a file there has the same key
     (data set, settings, READER_VERSION), else trained on the real training images, scored on the
     real test images and saved there (null ``cache_dir``: not kept)."""
-    settings = settings or ReaderSettings()
     device = torch.device(device)
     key = settings.key(dataset)
     t0 = time.perf_counter()
@@ -252,8 +246,6 @@ def sample_metrics(probs: torch.Tensor) -> dict[str, Any]:
 def read_samples(net: nn.Module, model, n_per_category: int, batch_size: int = 1000) -> dict[str, Any]:
     """``n_per_category`` samples of each of the model's K categories (``model.sample(c)``: z ~ p(z|c),
     decoded), read by ``net``; ``sample_metrics`` of them. Draws from torch's global random state."""
-    if not isinstance(n_per_category, int) or isinstance(n_per_category, bool) or n_per_category < 1:
-        raise ValueError(f"reader.n_per_category must be an integer >= 1, got {n_per_category!r}")
     c = torch.arange(model.K, device=model.device).repeat_interleave(n_per_category)
     probs = torch.cat(
         [
@@ -264,3 +256,36 @@ def read_samples(net: nn.Module, model, n_per_category: int, batch_size: int = 1
     out = sample_metrics(probs.reshape(model.K, n_per_category, -1))
     out["gen_n_per_category"] = n_per_category
     return out
+
+
+def reader_metrics(
+    reader_cfg: Mapping, data_dir: str, dataset: str, model, device: torch.device, seed: int, batch_size: int
+) -> dict[str, Any]:
+    """The reader of ``dataset`` (trained, or read from ``reader_cfg.cache_dir``) reads
+    ``reader_cfg.n_per_category`` samples of each category of ``model``: ``read_samples``'s metrics, its own
+    ``reader_test_acc`` and its timings. Drawn under their own seed, so that the other metrics of an
+    evaluation draw the same numbers with the reader on or off."""
+    device_name = reader_cfg.get("device")
+    reader_device = device if device_name in (None, "auto") else torch.device(device_name)
+    r = load_or_train(
+        data_dir, dataset, ReaderSettings.from_config(reader_cfg), reader_cfg.get("cache_dir"), reader_device
+    )
+    target = MIN_TEST_ACC.get(dataset)
+    if target is not None and r.test_acc < target:
+        log.warning(
+            "reader: test accuracy %.4f on %s is below %.2f; its gen_* metrics are less trustworthy",
+            r.test_acc,
+            dataset,
+            target,
+        )
+    with torch.random.fork_rng(devices=_device_rngs(model.device)):
+        torch.manual_seed(seed)
+        out = read_samples(r.net, model, reader_cfg["n_per_category"], batch_size)
+    return {
+        **out,
+        "reader_test_acc": r.test_acc,
+        "reader_cached": r.cached,
+        "reader_seconds": r.seconds,
+        "reader_train_seconds": r.train_seconds,
+        "reader_path": str(r.path) if r.path is not None else None,
+    }

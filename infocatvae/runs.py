@@ -1,9 +1,11 @@
-"""A run folder: its status file, its last checkpoint, its write check and its lock.
+"""A run folder: its status file (``JobStatus`` records a job in it), its last checkpoint, its evaluation
+folders, its write check and its lock.
 
 One job owns one folder (``paths.output_dir``) holding ``.hydra/``, ``checkpoints/`` (``last.ckpt``),
-``tensorboard/``, ``status.json`` and ``train.log``. Everything that reads or writes those
-bookkeeping files goes through here: train, summarize and the experiment scripts. What a
-checkpoint holds, and how one is read, checked and loaded, lives in ``infocatvae.checkpoints``.
+``tensorboard/``, ``status.json``, ``train.log`` and ``eval/<checkpoint>/``. Everything that reads or
+writes those bookkeeping files goes through here: train, evaluate, summarize and the experiment
+scripts. What a checkpoint holds, and how one is read, checked and loaded, lives in
+``infocatvae.checkpoints``; what a config field may hold, in ``infocatvae.validation``.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
-
-from infocatvae.config import run_dir_of
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
@@ -28,6 +31,65 @@ MIN_FREE_BYTES = 200 * 2**20  # a few checkpoints and event files
 
 class RunFolderBusy(RuntimeError):
     """Another live process owns the run folder."""
+
+
+def _split_overrides(override_dirname: str) -> list[str]:
+    """Hydra's ``override_dirname`` cut into its ``key=value`` items: at the commas outside brackets and quotes.
+    (By hand: Hydra parses single overrides, not the comma-joined string it makes of them.)"""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(override_dirname):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(override_dirname[start:i])
+            start = i + 1
+    items.append(override_dirname[start:])
+    return items
+
+
+def run_id(override_dirname: str) -> str:
+    """A job's folder name from its overrides (``model.lam=4,model=catvae``), ``default`` when none.
+
+    Hydra's ``+``/``++`` prefixes are left out, so that ``++trainer.limit_train_batches=5`` and
+    ``trainer.limit_train_batches=5`` name the same job (and folder); the items are then sorted again,
+    as Hydra sorts them with their prefixes. A name without prefixes is kept as Hydra wrote it."""
+    items = _split_overrides(override_dirname)
+    stripped = [item.lstrip("+") for item in items]
+    if stripped != items:
+        override_dirname = ",".join(sorted(stripped))
+    return override_dirname.replace("/", "_") or "default"
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The training run folder holding ``ckpt_path`` (``<run>/checkpoints/<file>`` with ``<run>/.hydra``)."""
+    parent = Path(ckpt_path).resolve().parent
+    if parent.name == "checkpoints" and (parent.parent / ".hydra").is_dir():
+        return parent.parent
+    return None
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+def eval_dir(ckpt_path: str | None, log_dir: str) -> str:
+    """The folder of an evaluation (conf/eval.yaml's run folder): ``<run>/eval/<ckpt stem>`` for a checkpoint
+    inside a training run, else ``<log_dir>/eval/runs/<folder>_<ckpt stem>``."""
+    if not ckpt_path:
+        return str(Path(log_dir) / "eval" / "runs" / "no_ckpt_path")
+    run = run_dir_of(ckpt_path)
+    stem = Path(ckpt_path).stem
+    if run is not None:
+        return str(run / "eval" / stem)
+    return str(Path(log_dir) / "eval" / "runs" / f"{Path(ckpt_path).resolve().parent.name}_{stem}")
+
+
+OmegaConf.register_new_resolver("eval_dir", eval_dir, replace=True)
 
 
 def last_ckpt(run_dir: str | Path) -> Path:
@@ -40,11 +102,17 @@ def is_own(ckpt_path: str | Path, run_dir: str | Path) -> bool:
     return run_dir_of(ckpt_path) == Path(run_dir).resolve()
 
 
-def read_status(run_dir: str | Path) -> dict[str, Any]:
-    """``status.json`` of a run folder, ``{}`` when it is missing or unreadable."""
+def read_status(run_dir: str | Path, strict: bool = False) -> dict[str, Any]:
+    """``status.json`` of a run folder: ``{}`` when it is missing, or unreadable unless ``strict`` (then the
+    OSError or ValueError propagates, for a summary that reports it)."""
+    path = Path(run_dir) / STATUS_FILE
     try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
     except (OSError, ValueError):
+        if strict:
+            raise
         return {}
 
 
@@ -59,6 +127,43 @@ def write_status(run_dir: str | Path, **fields: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=2, default=str))
     os.replace(tmp, path)
+
+
+class JobStatus:
+    """Records a job in its folder's ``status.json``, as a context manager around the job::
+
+        with JobStatus(run_dir) as job:
+            ...  # build; job.trainer = trainer; job.running(...); fit; job.metrics = {...}
+
+    On leaving: ``completed`` with ``job.metrics``, else ``failed`` (or ``interrupted`` for Ctrl-C and
+    signals) with the error, and the trainer's epoch and step once ``job.trainer`` is set, so that a sweep's
+    summary shows every job's outcome. Lightning's SIGTERM exit (SystemExit(None): status 0) leaves as
+    exit status 128 + SIGTERM, so that a scheduler sees the job did not finish.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = run_dir
+        self.trainer: Any = None
+        self.metrics: dict[str, float] = {}
+
+    def running(self, **fields: Any) -> None:
+        write_status(self.run_dir, status="running", error=None, **fields)
+
+    def __enter__(self) -> JobStatus:
+        return self
+
+    def __exit__(self, exc_type, err, tb) -> bool:
+        t = self.trainer
+        progress = {"epoch": t.current_epoch if t else None, "step": t.global_step if t else None}
+        if err is None:
+            write_status(self.run_dir, status="completed", metrics=self.metrics, **progress)
+            return False
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        status = "interrupted" if interrupted else "failed"
+        write_status(self.run_dir, status=status, error=f"{type(err).__name__}: {err}", **progress)
+        if isinstance(err, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM) from err
+        return False
 
 
 def check_output_dir(run_dir: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import statistics
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from infocatvae.runs import STATUS_FILE
+from infocatvae.runs import STATUS_FILE, read_status
 
 METRIC_ORDER = (
     "val/loss",
@@ -74,10 +73,8 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         row[f"override:{key}"] = value
     status: dict[str, Any] = {}
     try:
-        status = json.loads((job_dir / STATUS_FILE).read_text())
-        row["status"] = status.get("status", "unknown")
-    except FileNotFoundError:
-        row["status"] = "not started"
+        status = read_status(job_dir, strict=True)
+        row["status"] = status.get("status", "unknown") if status else "not started"
     except (OSError, ValueError) as err:
         row["status"] = "unknown"
         row["error"] = f"unreadable status.json: {err}"

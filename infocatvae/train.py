@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,18 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from infocatvae import validation
 from infocatvae.callbacks import EpochSeed
 from infocatvae.checkpoints import AtomicCheckpointIO, resolve_checkpoint
 from infocatvae.config import CONFIG_DIR, instantiate_all
-from infocatvae.runs import RunLock, check_output_dir, is_own, read_status, write_status
+from infocatvae.launcher import register_local_launcher
+from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, read_status
 
 log = logging.getLogger(__name__)
+# hydra/launcher=local, also from an editable install (infocatvae/launcher.py)
+register_local_launcher()
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if k not in ("_target_", "_partial_"):
+                if not k.startswith("_"):  # _target_, _partial_, _recursive_, _convert_
                     walk(f"{prefix}.{k}" if prefix else k, v)
         else:
             flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
@@ -85,8 +87,6 @@ def cpu_threads(cfg: DictConfig) -> int:
     """torch's CPU thread count for this job: ``threads``, else ``$SLURM_CPUS_PER_TASK``, else the submitit
     launcher's ``cpus_per_task``, else every core this process may use (``os.sched_getaffinity``)."""
     if cfg.get("threads") is not None:
-        if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 1:
-            raise ValueError(f"threads must be null or an integer >= 1, got {cfg.threads!r}")
         return cfg.threads
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
         return int(os.environ["SLURM_CPUS_PER_TASK"])
@@ -124,40 +124,35 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         )
         return status.get("metrics", {})
 
-    trainer: L.Trainer | None = None
-    try:
+    with JobStatus(run_dir) as job:
         # Everything that can be rejected is built and checked before any training starts
         # (a failure here is recorded in status.json too, so that a sweep's summary shows it).
+        validation.check(cfg)  # every field's value, before anything is built from it
         # Seeded first: the initial weights come from the global RNG.
         L.seed_everything(cfg.seed, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
-        model = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+        model = hydra.utils.instantiate(cfg.model)
         ckpt_path = resolve_checkpoint(cfg, run_dir, model)
         callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
         check_strategy(cfg)
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
+        job.trainer = trainer
         if rank_zero_only.rank == 0:
             datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)
         if not ckpt_path:
             log.info("Starting %s from scratch", run_dir)
         log.info("torch CPU threads: %d", torch.get_num_threads())
-        fit_model = torch.compile(model) if cfg.get("compile") else model
+        if cfg.get("compile"):
+            model.compile_losses()
 
-        write_status(
-            run_dir,
-            status="running",
-            model=cfg.model._target_,
-            max_epochs=max_epochs,
-            resumed_from=ckpt_path,
-            error=None,
-        )
+        job.running(model=cfg.model._target_, max_epochs=max_epochs, resumed_from=ckpt_path)
         # In-memory batches need no worker processes (see data.py).
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         # resuming into the run's own checkpoints/ folder is the point, not a mistake
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        trainer.fit(fit_model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {
@@ -173,18 +168,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             for lg in trainer.loggers:
                 if isinstance(lg, L.pytorch.loggers.TensorBoardLogger):
                     lg.log_hyperparams(flat_hparams(cfg), hp_metrics)
-    except BaseException as err:
-        write_status(
-            run_dir,
-            status="interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed",
-            error=f"{type(err).__name__}: {err}",
-            epoch=trainer.current_epoch if trainer else None,
-            step=trainer.global_step if trainer else None,
-        )
-        if isinstance(err, SIGTERMException):  # Lightning's SIGTERM exit is SystemExit(None): status 0
-            raise SystemExit(128 + signal.SIGTERM) from err
-        raise
-    write_status(run_dir, status="completed", metrics=metrics, epoch=trainer.current_epoch, step=trainer.global_step)
+        job.metrics = metrics
     log.info("Finished %s: %s", run_dir, {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics
 

@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from infocatvae import evaluate as ev
+from infocatvae import metrics
 from infocatvae.config import CONFIG_DIR
+from infocatvae.models import Encoding
 from infocatvae.train import train
-from tests.conftest import REPO, TINY, make_cfg
+from tests.helpers import REPO, TINY, make_cfg, make_datamodule
 
 MODELS = {
     "catvae": ["model=catvae"],
@@ -47,8 +49,8 @@ READER_KEYS = ("gen_confidence", "gen_agreement", "gen_distinct", "reader_test_a
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
-    """One short-trained run folder per model (3 batches); the GRU run also gets the ``.hydra/config.yaml``
-    Hydra would write, so that its data view is read from there."""
+    """One short-trained run folder per model (3 batches); the GRU run also gets the ``.hydra/`` folder
+    Hydra would write, so that it is a run folder (evaluations go into its ``eval/``)."""
     runs = {}
     for name, overrides in MODELS.items():
         run = tmp_path_factory.mktemp(name)
@@ -108,9 +110,11 @@ def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
         # cross-entropy on probabilities (logits in [0, 1]) lies in [log(e + K − 1) − 1, log(e + K − 1)]
         assert math.log(math.e + 9) - 1 - 1e-5 <= m["info_ce_on_probs"] <= math.log(math.e + 9) + 1e-5
     if name == "catvae_free_gru":
-        assert m["sequential"] and m["data_source"].endswith(".hydra/config.yaml") and m["likelihood"] == "gaussian"
+        assert m["sequential"] and m["likelihood"] == "gaussian"
     else:
         assert not m["sequential"]
+    # the data module is rebuilt from the settings stored in the checkpoint (seq_mnist for the GRU run)
+    assert m["data_source"] == "checkpoint"
     pngs = {"samples.png", "reconstructions.png", "latent_pca.png"}
     if catvae_family:
         pngs |= {"fig3_interpolation.png", "fig4_lambda.png"}
@@ -168,25 +172,18 @@ class _StubModel(torch.nn.Module):
         target = torch.where(c % 2 == 0, c, torch.zeros_like(c))
         q = torch.full((len(x), self.K), 0.1)
         q[torch.arange(len(x)), target] = 0.7
-        return q, None, None
+        return Encoding(q, None, None)
 
 
 def test_info_metrics_on_a_known_classifier():
-    m = ev.info_metrics(_StubModel(), 4000, 1000, False, torch.Generator().manual_seed(0))
+    view = lambda x: x.reshape(len(x), 1, 28, 28)  # noqa: E731
+    m = metrics.info_metrics(_StubModel(), 4000, 1000, view, torch.Generator().manual_seed(0))
     # even c (half): −log 0.7; odd c: −log 0.1; accuracy: even c and c = 0 → the even half
     assert m["info_ce"] == pytest.approx(0.5 * -math.log(0.7) + 0.5 * -math.log(0.1), abs=0.05)
     assert m["info_acc"] == pytest.approx(0.5, abs=0.03)
     q_true, q_false = 0.7, 0.1
     lse = math.log(math.exp(0.7) + 3 * math.exp(0.1))
     assert m["info_ce_on_probs"] == pytest.approx(0.5 * (lse - q_true) + 0.5 * (lse - q_false), abs=0.02)
-
-
-def test_eval_dir_layout(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / ".hydra").mkdir()
-    assert ev.eval_dir(str(run / "checkpoints" / "last.ckpt"), "logs") == str(run.resolve() / "eval" / "last")
-    assert ev.eval_dir(str(tmp_path / "x" / "model.ckpt"), "logs") == str(Path("logs/eval/runs/x_model"))
 
 
 @pytest.mark.slow
@@ -207,7 +204,7 @@ def test_entry_point_writes_into_the_run_folder(checkpoints, data_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.loads((run / "eval" / "last" / "metrics.json").read_text())
     assert "kde_ll" not in m and finite(m["parzen_test_ll"]) and m["tensorboard_dir"] == str(run / "tensorboard")
-    assert all(key in m for key in READER_KEYS) and m["parzen_split_source"].endswith(".hydra/config.yaml")
+    assert all(key in m for key in READER_KEYS) and m["data_source"] == "checkpoint" and m["sequential"]
     assert (run / "eval" / "last" / "fig3_interpolation.png").is_file()
 
 
@@ -219,22 +216,17 @@ def _rows(images: torch.Tensor) -> set[bytes]:
 
 @pytest.mark.slow
 def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir, tmp_path, monkeypatch):
-    """A run folder whose config has data.val_size=4000 and data.split_seed=3: evaluate reads that split from the
-    run's config and chooses the Parzen bandwidth on images of its validation part only, none of
-    which the data module trained on; with bandwidth_split=train, on training images."""
-    import shutil
-
-    import hydra.utils
-
+    """A checkpoint whose data module held out 4,000 images with split_seed 3: evaluate rebuilds that split
+    from the settings stored in the checkpoint and chooses the Parzen bandwidth on images of its validation
+    part only, none of which the data module trained on; with bandwidth_split=train, on training images;
+    with infer_data=false, on the configured split instead."""
     from infocatvae import kde
 
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / ".hydra").mkdir()
-    shutil.copy(checkpoints["infocatvae"] / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
-    train_cfg = make_cfg(["model=infocatvae", "data.val_size=4000", "data.split_seed=3", *TINY], run, data_dir)
-    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
-    dm = hydra.utils.instantiate(train_cfg.data)
+    ckpt = torch.load(checkpoints["infocatvae"] / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["datamodule_hyper_parameters"].update(val_size=4000, split_seed=3)
+    (tmp_path / "run").mkdir()
+    torch.save(ckpt, tmp_path / "run" / "split.ckpt")
+    dm = make_datamodule("data.val_size=4000", "data.split_seed=3")
     dm.setup("fit")
     train_rows, val_rows = _rows(dm.train_set.images), _rows(dm.val_set.images)
     assert len(train_rows) == 56000 and len(val_rows) == 4000
@@ -248,39 +240,25 @@ def test_parzen_bandwidth_is_chosen_on_the_held_out_split(checkpoints, data_dir,
 
     monkeypatch.setattr(kde, "select_bandwidth_holdout", spy)
     fast = ["kde.enabled=false", "info.enabled=false", "reader.enabled=false", "figures.enabled=false"]
-    m = ev.evaluate(
-        eval_cfg(
-            run / "checkpoints" / "last.ckpt",
-            tmp_path / "eval",
-            data_dir,
-            [*fast, "parzen.n_valid=null", "tensorboard_dir=null"],
-        )
-    )
-    assert m["parzen_split_source"] == str(run / ".hydra" / "config.yaml")
+
+    def evaluate(out: str, *extra: str) -> dict:
+        extra = [*fast, "tensorboard_dir=null", *extra]
+        return ev.evaluate(eval_cfg(tmp_path / "run" / "split.ckpt", tmp_path / out, data_dir, extra))
+
+    m = evaluate("eval", "parzen.n_valid=null")
+    assert m["data_source"] == "checkpoint"
     assert (m["parzen_val_size"], m["parzen_split_seed"], m["parzen_n_valid"]) == (4000, 3, 4000)
     assert _rows(chosen[-1]) == val_rows and not _rows(chosen[-1]) & train_rows
-    # the default split (seed 0) would have held out other images
-    assert _rows(ev.validation_images(data_dir, "mnist", 4000, 0)) != val_rows
 
-    m = ev.evaluate(
-        eval_cfg(
-            run / "checkpoints" / "last.ckpt",
-            tmp_path / "eval_train",
-            data_dir,
-            [*fast, "parzen.bandwidth_split=train", "tensorboard_dir=null"],
-        )
-    )
+    m = evaluate("eval_config", "parzen.n_valid=null", "infer_data=false")
+    assert m["data_source"] == "config" and (m["parzen_val_size"], m["parzen_split_seed"]) == (5000, 0)
+    assert _rows(chosen[-1]) != val_rows  # the configured split holds out other images
+
+    m = evaluate("eval_train", "parzen.bandwidth_split=train")
     assert m["parzen_bandwidth_split"] == "train" and "parzen_val_size" not in m
     assert len(_rows(chosen[-1]) & train_rows) > 150  # ~93 % of 200 draws from the 60K
-    with pytest.raises(ValueError, match="bandwidth_split"):
-        ev.evaluate(
-            eval_cfg(
-                run / "checkpoints" / "last.ckpt",
-                tmp_path / "eval_bad",
-                data_dir,
-                [*fast, "parzen.bandwidth_split=test", "tensorboard_dir=null"],
-            )
-        )
+    with pytest.raises(ValueError, match="parzen.bandwidth_split must be one of"):
+        evaluate("eval_bad", "parzen.bandwidth_split=test")
 
 
 def test_bad_checkpoint_and_missing_ckpt_path_are_named(data_dir, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from infocatvae.data import RAW_FILES, check_raw_files, default_data_dir
-from tests.conftest import CLI_TINY, cli_env, run_entry
+from tests.helpers import TINY, cli_env, run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     bool(check_raw_files(DATA, "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
 )
 
-TINY = CLI_TINY
+TINY = TINY
 NO_TRAINING = ("Epoch 0", "Sanity Checking", "Trainer.fit")
 
 

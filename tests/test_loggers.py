@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from infocatvae.callbacks import ImageLogger
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.loggers import MLFLOW_RUN_ID_FILE, WANDB_RUN_ID_FILE, _AppendingWriter
-from tests.conftest import DATA_DIR, REPO, TINY, cli_env, make_cfg, run_entry
+from tests.helpers import DATA_DIR, REPO, TINY, cli_env, make_cfg, run_entry
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -135,11 +135,16 @@ def test_cli_debug_tiny_cfg_job_composes(tmp_path):
         ("[tensorboard,csv]", ["tensorboard", "csv"]),
     ],
 )
-def test_logger_configs_compose(logger, keys, tmp_path):
+def test_logger_configs_build_their_loggers_in_the_run_folder(logger, keys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make_cfg([f"logger={logger}"], tmp_path)
     assert list(cfg.logger) == keys
-    for key in keys:
-        assert cfg.logger[key]._target_
+    built = instantiate_all(cfg.logger)
+    names = {"tensorboard": "TensorBoardLogger", "csv": "CSVLogger", "mlflow": "MLFlowLogger", "wandb": "WandbLogger"}
+    assert [type(lg).__name__ for lg in built] == [names[k] for k in keys]
+    for lg in built:
+        if lg.save_dir is not None and not str(lg.save_dir).startswith("file:"):
+            assert str(lg.save_dir).startswith(str(tmp_path)), (type(lg).__name__, lg.save_dir)
 
 
 def test_csv_writer_appends_and_drops_rows_logged_after_the_resumed_checkpoint(tmp_path):

@@ -5,15 +5,17 @@ cache, and its three metrics on inputs whose answer is known. The reader is trai
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from infocatvae import reader as R
 from infocatvae.data import load_split
+from tests.helpers import make_cfg
 
-SETTINGS = R.ReaderSettings()  # the defaults of conf/eval.yaml's reader block
-TINY = R.ReaderSettings(epochs=1, train_size=500)  # for the cache and seeding checks: well under a second
+SETTINGS = R.ReaderSettings.from_config(make_cfg([], "unused", name="eval").reader)  # conf/eval.yaml's
+TINY = replace(SETTINGS, epochs=1, train_size=500)  # for the cache and seeding checks: well under a second
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +77,12 @@ def test_the_cache_is_reused_not_retrained(mnist_reader, reader_cache, data_dir,
     # another data set, other settings or another version: another file, so training (here: refused)
     for other in (
         R.cache_path(reader_cache, "fashion_mnist", SETTINGS),
-        R.cache_path(reader_cache, "mnist", R.ReaderSettings(epochs=3)),
-        R.cache_path(reader_cache, "mnist", R.ReaderSettings(seed=1)),
+        R.cache_path(reader_cache, "mnist", replace(SETTINGS, epochs=3)),
+        R.cache_path(reader_cache, "mnist", replace(SETTINGS, seed=1)),
     ):
         assert other != mnist_reader.path
     with pytest.raises(AssertionError, match="trained again"):
-        R.load_or_train(data_dir, "mnist", R.ReaderSettings(epochs=3), cache_dir=reader_cache)
+        R.load_or_train(data_dir, "mnist", replace(SETTINGS, epochs=3), cache_dir=reader_cache)
     monkeypatch.setattr(R, "READER_VERSION", R.READER_VERSION + 1)
     assert R.cache_path(reader_cache, "mnist", SETTINGS) != mnist_reader.path
     with pytest.raises(AssertionError, match="trained again"):
@@ -165,6 +167,6 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(data_dir):
     a = R.train_reader(x, y, TINY)
     assert torch.equal(torch.get_rng_state(), state)
     b = R.train_reader(x, y, TINY)
-    c = R.train_reader(x, y, R.ReaderSettings(epochs=1, train_size=500, seed=1))
+    c = R.train_reader(x, y, replace(TINY, seed=1))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.head[-1].weight, c.head[-1].weight)

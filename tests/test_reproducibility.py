@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from infocatvae.config import CONFIG_DIR
 from infocatvae.data import check_raw_files, default_data_dir
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.skipif(
     bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from infocatvae.data import check_raw_files, default_data_dir
-from tests.conftest import CLI_TINY, REPO, TINY, cli_env, make_cfg, run_entry
+from tests.helpers import REPO, TINY, cli_env, make_cfg, run_entry
 
 pytestmark = pytest.mark.skipif(
     bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
@@ -82,7 +82,7 @@ def test_resume_after_a_non_improving_epoch_matches_the_uninterrupted_run(tmp_pa
 @pytest.mark.slow
 def test_sigkill_after_a_non_improving_epoch_loses_and_repeats_no_epoch(tmp_path):
     run, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
-    args = [*CLI_TINY, "trainer.limit_train_batches=20", NOT_IMPROVING, f"hydra.run.dir={run}"]
+    args = [*TINY, "trainer.limit_train_batches=20", NOT_IMPROVING, f"hydra.run.dir={run}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "infocatvae.train", *args, "trainer.max_epochs=50"],
         stdout=subprocess.DEVNULL,
@@ -119,14 +119,14 @@ def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
     """A checkpoint whose shapes do not fit the configured model is refused before anything is
     written, naming the field; the run it came from keeps its status, checkpoints and logs."""
     original, new = tmp_path / "original", tmp_path / "new"
-    res = run_entry("infocatvae.train", *CLI_TINY, "data=fashion_mnist", f"hydra.run.dir={original}", timeout=180)
+    res = run_entry("infocatvae.train", *TINY, "data=fashion_mnist", f"hydra.run.dir={original}", timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in original.rglob("*") if p.is_file()}
     source = original / "checkpoints" / "last.ckpt"
 
     res = run_entry(
         "infocatvae.train",
-        *CLI_TINY,
+        *TINY,
         "data=fashion_mnist",
         "model.K=5",
         f"ckpt_path={source}",
@@ -143,7 +143,7 @@ def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
 
     # a change that keeps every shape (lambda) is allowed and logged; training goes on in the new folder
     cont = [
-        *CLI_TINY,
+        *TINY,
         "data=fashion_mnist",
         "model.lam=4",
         f"ckpt_path={source}",

@@ -15,7 +15,7 @@ import pytest
 
 from infocatvae.data import check_raw_files, default_data_dir
 from infocatvae.runs import RunFolderBusy, RunLock
-from tests.conftest import CLI_TINY, REPO, cli_env, run_entry
+from tests.helpers import REPO, TINY, cli_env, run_entry
 
 pytestmark = pytest.mark.skipif(
     bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 def start(run: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args],
+        [sys.executable, "-m", "infocatvae.train", *TINY, f"hydra.run.dir={run}", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=cli_env(),
@@ -54,7 +54,7 @@ def test_second_start_on_the_same_folder_is_refused_and_the_first_trains_alone(t
     first = start(run, *args)
     try:
         wait_running(run, first)
-        second = run_entry("infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args, timeout=120)
+        second = run_entry("infocatvae.train", *TINY, f"hydra.run.dir={run}", *args, timeout=120)
         assert first.poll() is None, "the first job should still be training"
         assert json.loads((run / "status.json").read_text())["status"] == "running"  # not the refused job's "failed"
     finally:
@@ -81,7 +81,7 @@ def test_lock_of_a_killed_job_does_not_block_the_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     assert (run / ".lock").read_text().startswith(f"{proc.pid} on")  # the file stays; the lock died with it
-    res = run_entry("infocatvae.train", *CLI_TINY, f"hydra.run.dir={run}", *args, timeout=240)
+    res = run_entry("infocatvae.train", *TINY, f"hydra.run.dir={run}", *args, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
@@ -96,5 +96,13 @@ def test_cpu_threads_follow_the_config_then_slurm_then_the_cores(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert cpu_threads(OmegaConf.create({"threads": None})) == 3
     assert cpu_threads(OmegaConf.create({"threads": 1})) == 1
-    with pytest.raises(ValueError, match="threads must be null or an integer >= 1, got 0"):
-        cpu_threads(OmegaConf.create({"threads": 0}))
+
+
+def test_eval_dir_layout(tmp_path):
+    from infocatvae.runs import eval_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    assert eval_dir(str(run / "checkpoints" / "last.ckpt"), "logs") == str(run.resolve() / "eval" / "last")
+    assert eval_dir(str(tmp_path / "x" / "model.ckpt"), "logs") == str(Path("logs/eval/runs/x_model"))

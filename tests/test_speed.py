@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from infocatvae.config import instantiate_all
-from tests.conftest import TINY, make_cfg
+from tests.helpers import TINY, make_cfg
 
 
 class _Window(L.Callback):
@@ -58,7 +58,7 @@ def test_training_steps_read_nothing_back_from_the_device(model, tmp_path, monke
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     datamodule = hydra.utils.instantiate(cfg.data)
-    m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    m = hydra.utils.instantiate(cfg.model)
     callbacks = instantiate_all(cfg.callbacks) + [_Window()]
     trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -78,7 +78,7 @@ def test_training_steps_read_nothing_back_from_the_device(model, tmp_path, monke
 
 def test_all_categories_go_through_the_decoder_in_one_call(tmp_path):
     cfg = make_cfg(["model=infocatvae"], tmp_path)
-    m = hydra.utils.instantiate(cfg.model, _recursive_=False, _convert_="all")
+    m = hydra.utils.instantiate(cfg.model)
     shapes = []
     m.decoder.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
     m.losses(torch.rand(16, 1, 28, 28))
@@ -103,10 +103,10 @@ def test_bf16_autocast_on_the_cpu_gives_the_float32_loss_terms(model, tmp_path):
     and within 1 % of the float32 computation on real MNIST: the KL terms, the logits loss and the
     info cross-entropy run in float32, only the matrix products in bf16."""
     from infocatvae.data import load_split
-    from tests.conftest import DATA_DIR
+    from tests.helpers import DATA_DIR
 
     x = load_split(DATA_DIR, "mnist", train=False)[0][:256].float().div(255)
-    m = hydra.utils.instantiate(make_cfg(model.split(), tmp_path).model, _recursive_=False, _convert_="all").eval()
+    m = hydra.utils.instantiate(make_cfg(model.split(), tmp_path).model).eval()
     torch.manual_seed(0)
     ref = m.losses(x)
     linear_dtypes = set()
@@ -120,3 +120,33 @@ def test_bf16_autocast_on_the_cpu_gives_the_float32_loss_terms(model, tmp_path):
     for k in ref:
         assert low[k].dtype == torch.float32, k
         torch.testing.assert_close(low[k], ref[k], rtol=1e-2, atol=1e-3, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_losses_equal_eager(tmp_path):
+    """``torch.compile`` of the model's ``losses`` (what ``compile=true`` compiles, and the bench's compile
+    record times) gives the eager loss terms on real MNIST, in training mode (dropout on), with the same random
+    draws (inductor's ``fallback_random``: dropout masks, reparameterisation and the info term's categories
+    from torch's generator, as eager)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    from infocatvae.data import load_split
+    from tests.helpers import DATA_DIR
+
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # inductor's CPU kernels are C++ compiled at run time
+        pytest.skip(f"torch.compile cannot build CPU kernels here (no C++ compiler): {err}")
+    x = load_split(DATA_DIR, "mnist", train=False)[0][:64].float().div(255)
+    m = hydra.utils.instantiate(make_cfg(["model=infocatvae"], tmp_path).model)
+    m.train()
+    torch.manual_seed(0)
+    ref = m.losses(x)
+    with inductor_config.patch(fallback_random=True):
+        m.compile_losses()  # what compile=true does
+        torch.manual_seed(0)
+        got = m.losses(x)
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-4, msg=k)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infocatvae.data import check_raw_files, default_data_dir
-from tests.conftest import CLI_TINY, run_entry
+from tests.helpers import TINY, run_entry
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,7 +21,7 @@ pytestmark = [
     ),
 ]
 
-TINY = CLI_TINY
+TINY = TINY
 
 
 def entry(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -122,3 +122,68 @@ def test_optuna_sweeper_maximises_cluster_accuracy(tmp_path):
     assert trials and all(t["status"] == "completed" for t in trials)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(t["metrics"]["val/cluster_acc"] for t in trials))
+
+
+def test_local_launcher_job_limit_and_rolling_window():
+    """hydra/launcher=local's limit: cores // cpus_per_task unless max_jobs is set, and never more than that many
+    jobs unfinished at once, the next starting as soon as one ends."""
+    import time
+
+    from hydra_plugins.infocatvae_launcher.local_launcher import job_limit, run_throttled
+
+    assert job_limit(None, 1, cores=2) == 2
+    assert job_limit(None, 3, cores=8) == 2
+    assert job_limit(None, 4, cores=2) == 1  # more threads per job than cores: one at a time
+    assert job_limit(None, None, cores=8) == 1  # no cpus_per_task: each job takes every core
+    assert job_limit(3, 1, cores=2) == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="max_jobs"):
+            job_limit(bad, 1, cores=2)
+
+    class Job:
+        def __init__(self, seconds: float) -> None:
+            self.end = time.monotonic() + seconds
+
+        def done(self) -> bool:
+            return time.monotonic() >= self.end
+
+    submitted: list[Job] = []
+    unfinished_at_submit = []
+
+    def submit(i: int, seconds: float) -> Job:
+        unfinished_at_submit.append(sum(not j.done() for j in submitted))
+        submitted.append(Job(seconds))
+        return submitted[-1]
+
+    jobs = run_throttled(submit, [(i, 0.1 * (1 + i % 3)) for i in range(7)], limit=2, poll_s=0.005)
+    assert jobs == submitted and all(j.done() for j in jobs)
+    assert max(unfinished_at_submit) == 1  # a third job never started while two ran
+    assert unfinished_at_submit[1] == 1  # the second started beside the first, without waiting for it
+
+
+def test_local_sweep_runs_at_most_max_jobs_at_once(tmp_path):
+    """hydra/launcher=local with max_jobs=1: 3 tiny jobs run one at a time (each starts after the previous one
+    wrote its final status), all complete, each with cpus_per_task (1) torch threads."""
+    sweep = tmp_path / "sweep"
+    res = entry(
+        "infocatvae.train",
+        "-m",
+        "hydra/launcher=local",
+        "hydra.launcher.max_jobs=1",
+        *TINY,
+        "seed=0,1,2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "(1 job(s) at once)" in res.stdout + res.stderr
+    jobs = [s.parent for s in sweep.glob("*/status.json")]
+    assert len(jobs) == 3, list(sweep.iterdir())
+    windows = []
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "completed", job
+        assert "torch CPU threads: 1" in (job / "train.log").read_text()
+        # .hydra/config.yaml is written as the job starts, status.json last as it ends
+        windows.append(((job / ".hydra" / "config.yaml").stat().st_mtime_ns, (job / "status.json").stat().st_mtime_ns))
+    windows.sort()
+    for (_, end), (start, _) in zip(windows, windows[1:]):
+        assert start > end, windows

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infocatvae import losses as L
-from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding, is_int, require
+from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding
 from infocatvae.nets import Discriminator
 
 
@@ -29,20 +29,19 @@ class AAE(BaseModel):
     batch advances it by three: size AAE runs in epochs.
     """
 
+    loss_functions = ("recon_loss", "generator_loss", "discriminator_loss")  # the three phases; losses calls them
+
     def __init__(
         self,
         net: Mapping,
         optimizer: Mapping,
-        K: int = 1,
-        d: int = 20,
-        disc_hidden: int = 400,
-        disc_layers: int = 2,
-        likelihood: str = "bernoulli",
+        *,
+        K: int,
+        d: int,
+        disc_hidden: int,
+        disc_layers: int,
+        likelihood: str,
     ) -> None:
-        require("model.K", is_int(K) and K >= 1, "an integer >= 1", K)
-        require("model.d", is_int(d) and d >= 1, "an integer >= 1", d)
-        require("model.disc_hidden", is_int(disc_hidden) and disc_hidden >= 1, "an integer >= 1", disc_hidden)
-        require("model.disc_layers", is_int(disc_layers) and disc_layers >= 0, "an integer >= 0", disc_layers)
         super().__init__(net, optimizer, K=K, decoder_in=d + (K if K > 1 else 0), likelihood=likelihood)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from infocatvae import losses as L
-from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding, is_int, is_number, require
+from infocatvae.models.base import IMAGE_SHAPE, BaseModel, Encoding
 from infocatvae.nets import CategoricalHeads
 from infocatvae.priors import MixturePrior
 
@@ -46,53 +46,24 @@ class CatVAE(BaseModel):
         self,
         net: Mapping,
         optimizer: Mapping,
-        K: int = 10,
-        delta: int = 2,
-        lam: float = 2.0,
-        beta_cat: float = 10.0,
-        beta_cont: float = 10.0,
-        recon: str = "marginal",
-        likelihood: str = "bernoulli",
-        beta_marginal: float = 0.0,
-        kl_warmup_epochs: int = 0,
-        kl_warmup_steps: int = 0,
-        learn_prior: bool = False,
-        learn_prior_logvar: bool = False,
-        prior_init: str = "block",
+        *,
+        K: int,
+        delta: int,
+        lam: float,
+        beta_cat: float,
+        beta_cont: float,
+        recon: str,
+        likelihood: str,
+        beta_marginal: float,
+        kl_warmup_epochs: int,
+        kl_warmup_steps: int,
     ) -> None:
-        require("model.K", is_int(K) and K >= 1, "an integer >= 1", K)
-        require("model.delta", is_int(delta) and delta >= 1, "an integer >= 1", delta)
-        require("model.lam", is_number(lam) and lam >= 0, "a number >= 0", lam)
-        require("model.beta_cat", is_number(beta_cat) and beta_cat >= 0, "a number >= 0", beta_cat)
-        require("model.beta_cont", is_number(beta_cont) and beta_cont >= 0, "a number >= 0", beta_cont)
-        require("model.beta_marginal", is_number(beta_marginal) and beta_marginal >= 0, "a number >= 0", beta_marginal)
-        require(
-            "model.kl_warmup_epochs",
-            is_int(kl_warmup_epochs) and kl_warmup_epochs >= 0,
-            "an integer >= 0",
-            kl_warmup_epochs,
-        )
-        require(
-            "model.kl_warmup_steps",
-            is_int(kl_warmup_steps) and kl_warmup_steps >= 0,
-            "an integer >= 0",
-            kl_warmup_steps,
-        )
-        if kl_warmup_epochs > 0 and kl_warmup_steps > 0:
-            raise ValueError(
-                f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got "
-                f"{kl_warmup_epochs} and {kl_warmup_steps}: warm up over epochs or over steps, "
-                f"and set the other to 0"
-            )
-        require("model.recon", recon in RECON_MODES, f"one of {list(RECON_MODES)}", recon)
-        require("model.prior_init", prior_init in MixturePrior.INITS, f"one of {list(MixturePrior.INITS)}", prior_init)
+        # No defaults here: conf/model/catvae.yaml and conf/net/*.yaml hold them (README, "Layout").
         super().__init__(net, optimizer, K=K, decoder_in=K * delta, likelihood=likelihood)
         self.save_hyperparameters(logger=False)
         self.delta, self.d = delta, K * delta
         self.heads = CategoricalHeads(self.encoder.out_dim, K, self.d)
-        self.prior = MixturePrior(
-            K, delta, lam, learn_means=learn_prior, learn_logvar=learn_prior_logvar, init=prior_init
-        )
+        self.prior = MixturePrior(K, delta, lam, learn_means=False, learn_logvar=False, init="block")
 
     @property
     def prior_means(self) -> torch.Tensor:
@@ -200,6 +171,11 @@ class FreePriorCatVAE(CatVAE):
     are learned by the same loss: the free-prior mixture baseline of section 11 (Dilokthanakul et
     al., 2016). ``prior_init``: ``block`` starts at eq. (8), ``random`` at N(0, λ²) draws."""
 
-    def __init__(self, net: Mapping, optimizer: Mapping, **kwargs) -> None:
-        kwargs["learn_prior"] = True
+    def __init__(
+        self, net: Mapping, optimizer: Mapping, *, prior_init: str, learn_prior_logvar: bool, **kwargs
+    ) -> None:
         super().__init__(net, optimizer, **kwargs)
+        # The fixed prior built by CatVAE drew nothing from the RNG: this one's random init draws what it did.
+        self.prior = MixturePrior(
+            self.K, self.delta, kwargs["lam"], learn_means=True, learn_logvar=learn_prior_logvar, init=prior_init
+        )

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from infocatvae.models.base import is_int, is_number, require
 from infocatvae.models.catvae import CatVAE
 
 INFO_LOSSES = ("ce", "ce_on_probs")
@@ -30,19 +29,12 @@ class InfoCatVAE(CatVAE):
         self,
         net: Mapping,
         optimizer: Mapping,
-        beta_info: float = 100.0,
-        info_loss: str = "ce",
-        info_per_category: int | None = None,
+        *,
+        beta_info: float,
+        info_loss: str,
+        info_per_category: int | None,
         **kwargs,
     ) -> None:
-        require("model.beta_info", is_number(beta_info) and beta_info >= 0, "a number >= 0", beta_info)
-        require("model.info_loss", info_loss in INFO_LOSSES, f"one of {list(INFO_LOSSES)}", info_loss)
-        require(
-            "model.info_per_category",
-            info_per_category is None or (is_int(info_per_category) and info_per_category >= 1),
-            "null or an integer >= 1",
-            info_per_category,
-        )
         super().__init__(net, optimizer, **kwargs)
 
     def info_logits(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

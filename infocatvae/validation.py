@@ -1,0 +1,164 @@
+"""What each config field may hold, written once, and the one check that applies it.
+
+The entry points call ``check(cfg)`` on the composed config before they build anything from it
+(``train``: before the data, the model, the callbacks and the trainer; ``evaluate``: before the
+checkpoint is read). A bad value stops the job with a ValueError that names the field, what is
+allowed and what was given (``model.K must be an integer >= 1, got 0``). The classes built from a
+checked config (models, networks, the data module, callbacks, the reader) do not check their
+arguments again, and the maths modules raise no config messages. (The density estimator of
+``infocatvae.kde`` checks its inputs as any numerical function does: the data's shape and finiteness,
+a bandwidth grid of positive numbers, a fold count within the data; its messages name the argument.)
+
+A rule applies where its field exists: ``model.delta`` in the CatVAE family, ``model.d`` in the AAE,
+``reader.*`` in the evaluation config. Hydra itself refuses unknown fields and group options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from infocatvae.data import DATASETS
+from infocatvae.losses import LIKELIHOODS
+from infocatvae.models.catvae import RECON_MODES
+from infocatvae.models.infocatvae import INFO_LOSSES
+from infocatvae.priors import MixturePrior
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    allowed: str  # said in the message: "an integer >= 1", "one of ['ce', 'ce_on_probs']"
+    ok: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(low: int, high: int | None = None, nullable: bool = False) -> Rule:
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    return Rule(
+        f"{'null or ' if nullable else ''}an integer {bounds}",
+        lambda v: (nullable and v is None) or (_is_int(v) and v >= low and (high is None or v <= high)),
+    )
+
+
+def number(low: float, above: bool = False) -> Rule:
+    """A number >= low (> low when ``above``)."""
+    return Rule(
+        f"a number {'>' if above else '>='} {low}", lambda v: _is_number(v) and (v > low if above else v >= low)
+    )
+
+
+def probability() -> Rule:
+    return Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
+
+
+def one_of(values: Iterable[Any], nullable: bool = False) -> Rule:
+    values = list(values)
+    return Rule(f"{'null or ' if nullable else ''}one of {values}", lambda v: (nullable and v is None) or v in values)
+
+
+RULES: dict[str, Rule] = {
+    # conf/model/*.yaml
+    "model.K": integer(1),
+    "model.delta": integer(1),
+    "model.lam": number(0),
+    "model.beta_cat": number(0),
+    "model.beta_cont": number(0),
+    "model.beta_info": number(0),
+    "model.beta_marginal": number(0),
+    "model.kl_warmup_epochs": integer(0),
+    "model.kl_warmup_steps": integer(0),
+    "model.recon": one_of(RECON_MODES),
+    "model.likelihood": one_of(LIKELIHOODS),
+    "model.prior_init": one_of(MixturePrior.INITS),
+    "model.info_loss": one_of(INFO_LOSSES),
+    "model.info_per_category": integer(1, nullable=True),
+    "model.d": integer(1),
+    "model.disc_hidden": integer(1),
+    "model.disc_layers": integer(0),
+    "model.optimizer.lr": number(0, above=True),
+    # conf/net/*.yaml
+    "model.net.encoder.hidden": integer(1),
+    "model.net.encoder.dropout": probability(),
+    "model.net.decoder.hidden": integer(1),
+    "model.net.decoder.dropout": probability(),
+    "model.net.decoder.output_dropout": probability(),
+    # conf/data/*.yaml
+    "data.name": one_of(DATASETS),
+    "data.batch_size": integer(1),
+    "data.eval_batch_size": integer(1),
+    "data.val_size": integer(1, 59999),  # held out of the 60K training images
+    "data.split_seed": integer(0),
+    "data.shuffle_seed": integer(0),
+    # conf/train.yaml, conf/callbacks/default.yaml
+    "seed": integer(0),
+    "threads": integer(1, nullable=True),
+    "callbacks.snapshots.every_n_epochs": integer(0),
+    "callbacks.finite_loss.check_every_n_steps": integer(1, nullable=True),
+    "callbacks.images.every_n_epochs": integer(1),
+    # conf/eval.yaml
+    "device": Rule("auto, cpu, cuda or cuda:<index>", lambda v: v in ("auto", "cpu", "cuda") or _cuda_index(v)),
+    "batch_size": integer(1),
+    "n_test": integer(1, nullable=True),
+    "n_generated": integer(1),
+    "info.n_samples": integer(1),
+    "kde.fit_size": integer(2, nullable=True),
+    "kde.folds": integer(2),
+    "kde.chunk_size": integer(1),
+    "parzen.bandwidth_split": one_of(("val", "train")),
+    "parzen.n_valid": integer(1, nullable=True),
+    "parzen.chunk_size": integer(1),
+    "reader.n_per_category": integer(1),
+    "reader.epochs": integer(1),
+    "reader.batch_size": integer(1),
+    "reader.lr": number(0, above=True),
+    "reader.width": integer(1),
+    "reader.hidden": integer(1),
+    "reader.seed": integer(0),
+    "reader.train_size": integer(1, nullable=True),
+    "reader.device": one_of(("auto", "cpu", "cuda"), nullable=True),
+    "figures.per_category": integer(1),
+    "figures.n_recon": integer(1),
+    "figures.pca_points": integer(2),
+}
+
+
+def _cuda_index(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()
+
+
+def _value(cfg: DictConfig, field: str) -> Any:
+    """The field's value, ``_ABSENT`` where the config has no such field; a ``???`` value is refused."""
+    parent, _, key = field.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if not isinstance(node, DictConfig) or key not in node.keys():
+        return _ABSENT
+    if OmegaConf.is_missing(node, key):
+        raise ValueError(f"{field} must be set (it is ???)")
+    value = node[key]
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise a ValueError naming the first field of ``cfg`` that breaks its rule (see ``RULES``)."""
+    for field, rule in RULES.items():
+        value = _value(cfg, field)
+        if value is not _ABSENT and not rule.ok(value):
+            raise ValueError(f"{field} must be {rule.allowed}, got {value!r}")
+    epochs, steps = _value(cfg, "model.kl_warmup_epochs"), _value(cfg, "model.kl_warmup_steps")
+    if _is_int(epochs) and _is_int(steps) and epochs > 0 and steps > 0:
+        raise ValueError(
+            f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got {epochs} and {steps}: "
+            f"warm up over epochs or over steps, and set the other to 0"
+        )

@@ -1,0 +1,73 @@
+"""``infocatvae.checkpoints``: a model rebuilt from the hyperparameters stored in its checkpoint, old
+checkpoints included. Resume (tests/test_resume.py) and bad files (tests/test_faults.py) are elsewhere."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from infocatvae.checkpoints import CheckpointError, datamodule_from, load_model
+from infocatvae.models import MODEL_KEY
+from tests.helpers import DATA_DIR, make_model
+
+
+def saved(model, path, edit=lambda hp: None):
+    """``model`` written as a checkpoint whose stored hyperparameters ``edit`` changed."""
+    hp = copy.deepcopy(dict(model.hparams))
+    edit(hp)
+    torch.save(
+        {
+            MODEL_KEY: f"{type(model).__module__}.{type(model).__qualname__}",
+            "state_dict": model.state_dict(),
+            "hyper_parameters": hp,
+        },
+        path,
+    )
+    return path
+
+
+def test_a_checkpoint_written_before_a_field_existed_still_loads(tmp_path, caplog):
+    """Fields added since (beta_marginal, the GRU decoder's output_dropout) take the shipped defaults, a field
+    the class no longer takes (learn_prior) is dropped, both logged; the weights are the saved ones."""
+    torch.manual_seed(0)
+    model = make_model("model=catvae_free net=gru model.prior_init=random")
+
+    def older(hp):
+        del hp["beta_marginal"], hp["net"]["decoder"]["output_dropout"]
+        hp["learn_prior"] = True
+
+    with caplog.at_level(logging.INFO, logger="infocatvae.checkpoints"):
+        loaded = load_model(saved(model, tmp_path / "old.ckpt", older))
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.hparams.beta_marginal == 0.0 and loaded.hparams.net["decoder"]["output_dropout"] == 0.0
+    assert loaded.hparams.prior_init == "random"  # stored values win over the defaults
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert "model.beta_marginal" in caplog.text and "model.net.decoder.output_dropout" in caplog.text
+    assert "learn_prior" in caplog.text
+
+
+def test_weights_that_do_not_fit_their_hyperparameters_are_refused(tmp_path):
+    model = make_model("model=catvae")
+    path = saved(model, tmp_path / "k5.ckpt", lambda hp: hp.update(K=5))
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} does not fit the CatVAE"):
+        load_model(path)
+
+
+def test_the_data_module_comes_from_the_checkpoint_else_from_the_config():
+    stored = {"name": "fashion_mnist", "sequential": True, "val_size": 4000, "split_seed": 3, "batch_size": 64}
+    fallback = {"name": "mnist", "sequential": False, "val_size": 5000, "split_seed": 0, "batch_size": 128,
+                "eval_batch_size": 1000, "shuffle_seed": 0, "on_device": True, "download": True,
+                "_target_": "infocatvae.data.MNISTDataModule", "data_dir": "elsewhere"}  # fmt: skip
+    dm, source = datamodule_from({"datamodule_hyper_parameters": stored}, DATA_DIR, fallback)
+    assert source == "checkpoint" and (dm.name, dm.sequential, dm.val_size, dm.split_seed) == stored_view(stored)
+    assert dm.data_dir == DATA_DIR and not dm.on_device and not dm.download and dm.eval_batch_size == 1000
+    dm, source = datamodule_from({}, DATA_DIR, fallback)
+    assert source == "config" and (dm.name, dm.sequential, dm.val_size) == ("mnist", False, 5000)
+
+
+def stored_view(d: dict) -> tuple:
+    return d["name"], d["sequential"], d["val_size"], d["split_seed"]
