@@ -57,6 +57,7 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
+from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
 
@@ -350,7 +351,7 @@ def bench_sweep(data_dir: str, jobs: int, steps: int, rounds: int) -> None:
                     [*cmd, f"hydra.sweep.dir={out}"], capture_output=True, text=True, cwd=REPO, env=dict(os.environ)
                 )
                 times[launcher].append(time.perf_counter() - t)
-                statuses = [json.loads(p.read_text()).get("status") for p in Path(out).glob("*/status.json")]
+                statuses = [read_status(p.parent).get("status") for p in Path(out).glob("*/status.json")]
                 if res.returncode != 0 or statuses.count("completed") != jobs:
                     raise RuntimeError(f"the {launcher} sweep failed ({statuses}): {res.stderr[-2000:]}")
                 if launcher == "local":

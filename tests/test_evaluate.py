@@ -20,7 +20,7 @@ from infocatvae.models import Encoding
 from infocatvae.train import train
 from tests.helpers import REPO, TINY, make_cfg, make_datamodule
 
-MODELS = {
+RUNS = {  # a short-trained run of each model, the GRU network and the clustering AAE
     "catvae": ["model=catvae"],
     "infocatvae": ["model=infocatvae"],
     "catvae_free_gru": ["model=catvae_free", "net=gru", "data=seq_mnist", "data.batch_size=32"],
@@ -52,7 +52,7 @@ def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     """One short-trained run folder per model (3 batches); the GRU run also gets the ``.hydra/`` folder
     Hydra would write, so that it is a run folder (evaluations go into its ``eval/``)."""
     runs = {}
-    for name, overrides in MODELS.items():
+    for name, overrides in RUNS.items():
         run = tmp_path_factory.mktemp(name)
         cfg = make_cfg([*overrides, *TINY], run, data_dir)
         train(cfg)
@@ -78,7 +78,7 @@ def finite(v) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(RUNS))
 def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
     run = checkpoints[name]
     cfg = eval_cfg(

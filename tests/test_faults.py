@@ -17,16 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from infocatvae.data import RAW_FILES, check_raw_files, default_data_dir
+from infocatvae.data import RAW_FILES, default_data_dir
 from tests.helpers import TINY, cli_env, run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
-pytestmark = pytest.mark.skipif(
-    bool(check_raw_files(DATA, "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
-)
+pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
-TINY = TINY
 NO_TRAINING = ("Epoch 0", "Sanity Checking", "Trainer.fit")
 
 
@@ -52,6 +49,9 @@ def start(run: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         env=cli_env(),
         cwd=ROOT,
+        # Ctrl-C's default action in the job, however this test was started: a shell's background job (nohup
+        # ... &) ignores SIGINT, the child would inherit that and Python would then leave SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

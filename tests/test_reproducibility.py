@@ -11,12 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infocatvae.config import CONFIG_DIR
-from infocatvae.data import check_raw_files, default_data_dir
+from infocatvae.data import default_data_dir
 from tests.helpers import TINY
 
-pytestmark = pytest.mark.skipif(
-    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
-)
+pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
 
 def run(out: Path, epochs: int, seed: int = 0) -> dict:

@@ -20,12 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from infocatvae.data import check_raw_files, default_data_dir
 from tests.helpers import REPO, TINY, cli_env, make_cfg, run_entry
 
-pytestmark = pytest.mark.skipif(
-    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
-)
+pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
 NOT_IMPROVING = "callbacks.model_checkpoint.mode=max"
 

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from infocatvae.data import check_raw_files, default_data_dir
 from infocatvae.runs import RunFolderBusy, RunLock
 from tests.helpers import REPO, TINY, cli_env, run_entry
 
-pytestmark = pytest.mark.skipif(
-    bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
-)
+pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
 
 def start(run: Path, *args: str) -> subprocess.Popen:

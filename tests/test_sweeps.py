@@ -11,17 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from infocatvae.data import check_raw_files, default_data_dir
 from tests.helpers import TINY, run_entry
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(check_raw_files(default_data_dir(), "mnist")), reason="real MNIST not found (set INFOCATVAE_DATA_DIR)"
-    ),
+    pytest.mark.usefixtures("data_dir"),  # real MNIST (the one policy: conftest.py)
 ]
-
-TINY = TINY
 
 
 def entry(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
