@@ -1,4 +1,4 @@
-# One entry point for everything: `make train`, `make test`.
+# One entry point for everything: `make train`, `make test` (CI also runs `make test-slow`).
 # Each target creates .venv and installs the package (editable, with dev extras) when missing.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast lint format tensorboard bench clean
+.PHONY: install train test test-slow lint format tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,11 @@ install: $(STAMP)
 train: $(STAMP)  ## the default job: InfoCatVAE on MNIST (extra Hydra overrides: make train ARGS="model.lam=4")
 	$(BIN)/python -m infocatvae.train $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -ra $(ARGS)
-
-test-fast: $(STAMP)
+test: $(STAMP)  ## the suite but the end-to-end runs marked slow (about 10 min on 2 cores)
 	$(BIN)/python -m pytest -ra -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)  ## the end-to-end runs marked slow (SLURM's included); .ci/run runs both
+	$(BIN)/python -m pytest -ra -m slow $(ARGS)
 
 lint: $(STAMP)  ## ruff: lint, import order and format check (make format fixes what it can)
 	$(BIN)/ruff check infocatvae tests experiments hydra_plugins

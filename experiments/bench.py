@@ -1,7 +1,12 @@
 """Benchmark: framework overhead, data share, KDE speed. ``make bench`` (python -m experiments.bench).
 
-Prints one JSON object per line:
+Prints one JSON object per line. Every timed step runs at one precision (``--precision``; default: what
+``trainer=cpu`` picks on this CPU, bf16-mixed where it has AMX or AVX512_BF16, else 32-true; bf16-mixed on a
+GPU), written in the ``machine`` record with the CPU's bf16 flags.
 
+- ``{"record": "baseline", "baseline_img_per_s", "logits_img_per_s", "today_img_per_s", "speedup_..."}``:
+  InfoCatVAE-MLP's bare step as it was when the speed issue was filed (sigmoid + ``binary_cross_entropy``,
+  float32), with today's logits loss in float32, and today's at ``--precision``, alternated.
 - ``{"record": "train", "model", "net", "device", "batch_size", "bare_img_per_s", "lightning_img_per_s",
   "train_ratio_lightning_vs_bare", "data_share"}``: a Lightning training epoch (the real config's
   callbacks and TensorBoard logger, no validation) against the same model's ``losses`` and
@@ -57,6 +62,7 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
+from infocatvae.hardware import BF16_FLAGS, cpu_flags, cpu_precision
 from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -66,7 +72,7 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str):
+def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str, precision: str = "32-true"):
     data = "seq_mnist" if net == "gru" else "mnist"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
@@ -77,6 +83,7 @@ def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str):
                 f"data={data}",
                 f"paths.data_dir={data_dir}",
                 f"trainer.accelerator={device}",
+                f"trainer.precision={precision}",
             ],
         )
     with open_dict(cfg):
@@ -89,8 +96,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def autocast(device: torch.device, precision: str):
+    """The autocast context of Lightning's ``precision`` (bf16-mixed, 16-mixed) around a forward pass, for the
+    bare loops; the backward pass and the optimiser step run outside it, as in Lightning."""
+    if precision.startswith(("bf16", "16")):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+    return contextlib.nullcontext()
+
+
 def bare_throughput(
-    model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device, repeats: int = 3
+    model,
+    x_all: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    device: torch.device,
+    repeats: int = 3,
+    precision: str = "32-true",
 ) -> float:
     """Images per second of the model's own loss and optimiser step(s) in a plain loop (median of ``repeats``)."""
     model.to(device).train()
@@ -107,11 +128,15 @@ def bare_throughput(
                 (opts[2], lambda b: model.discriminator_loss(b)[0]),
             ):
                 opt.zero_grad(set_to_none=True)
-                loss(x).backward()
+                with autocast(device, precision):
+                    value = loss(x)
+                value.backward()
                 opt.step()
         else:
             opts[0].zero_grad(set_to_none=True)
-            model.losses(x)["loss"].backward()
+            with autocast(device, precision):
+                value = model.losses(x)["loss"]
+            value.backward()
             opts[0].step()
 
     for i in range(3):  # warm-up
@@ -159,7 +184,9 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
         x_all = datamodule.scale(datamodule.train_set.images[: 64 * cfg.data.batch_size]).to(device)
-        return bare_throughput(bare_model, x_all, cfg.data.batch_size, steps, device, repeats=1)
+        return bare_throughput(
+            bare_model, x_all, cfg.data.batch_size, steps, device, repeats=1, precision=str(cfg.trainer.precision)
+        )
 
     timer = EpochTimer(bare)
     loggers = instantiate_all(cfg.logger)
@@ -194,9 +221,11 @@ def data_seconds_per_batch(datamodule, device: torch.device, batches: int) -> fl
     return (time.perf_counter() - t) / batches
 
 
-def matmul_peak_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """The machine's measured float32 matrix-product rate (FLOP/s): the median of ``repeats`` n×n products."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_flops(
+    device: torch.device, n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    """The machine's measured matrix-product rate in ``dtype`` (FLOP/s): the median of ``repeats`` n×n products."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
@@ -226,61 +255,85 @@ def step_flops_per_image(cfg, batch_size: int) -> float:
 
 def sigmoid_bce_reconstruction(logits, x, likelihood="bernoulli", step_size=28):
     """The reconstruction as computed before the decoders returned logits: a sigmoid, then
-    ``binary_cross_entropy`` on the probabilities (``--baseline`` times it beside today's)."""
+    ``binary_cross_entropy`` on the probabilities (the ``baseline`` record times it beside today's)."""
     import torch.nn.functional as F
 
     p = torch.sigmoid(logits.float())
     return F.binary_cross_entropy(p, x.float().expand_as(p), reduction="none").sum(-1)
 
 
-def bench_formulation(data_dir: str, device_name: str, steps: int, rounds: int) -> None:
-    """InfoCatVAE-MLP in the bare loop, today's logits loss against the sigmoid + BCE baseline,
-    alternated ``rounds`` times (the median of the per-round ratios)."""
+def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, precision: str) -> None:
+    """InfoCatVAE-MLP in the bare loop, alternated ``rounds`` times: ``baseline`` (the step when the speed issue
+    was filed: sigmoid + ``binary_cross_entropy``, float32), ``logits`` (today's loss, float32) and ``today``
+    (today's loss at ``precision``, what ``trainer=cpu`` or ``trainer=gpu`` runs); speed-ups are medians of
+    the per-round ratios against the baseline."""
     from infocatvae import losses
 
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
     today = losses.reconstruction
+    variants = {"baseline": (sigmoid_bce_reconstruction, "32-true"), "logits": (today, "32-true")}
+    variants["today"] = (today, precision)
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_cfg("infocatvae", "mlp", out, data_dir, device_name)
         dm = hydra.utils.instantiate(cfg.data)
         dm.setup("fit")
         x_all = dm.scale(dm.train_set.images[: 64 * cfg.data.batch_size]).to(device)
-        models = [hydra.utils.instantiate(cfg.model) for _ in range(2)]
-        rates: dict[str, list[float]] = {"logits": [], "sigmoid_bce": []}
+        models = {name: hydra.utils.instantiate(cfg.model) for name in variants}
+        rates: dict[str, list[float]] = {name: [] for name in variants}
         try:
             for _ in range(rounds + 1):  # the first round warms up
-                for name, model in zip(rates, models):
-                    losses.reconstruction = today if name == "logits" else sigmoid_bce_reconstruction
-                    rates[name].append(bare_throughput(model, x_all, cfg.data.batch_size, steps, device, repeats=1))
+                for name, (reconstruction, prec) in variants.items():
+                    losses.reconstruction = reconstruction
+                    rates[name].append(
+                        bare_throughput(
+                            models[name], x_all, cfg.data.batch_size, steps, device, repeats=1, precision=prec
+                        )
+                    )
         finally:
             losses.reconstruction = today
-    ratios = [a / b for a, b in zip(rates["logits"][1:], rates["sigmoid_bce"][1:])]
+
+    def speedup(name: str) -> float:
+        return round(statistics.median(a / b for a, b in zip(rates[name][1:], rates["baseline"][1:])), 3)
+
     emit(
         {
-            "record": "formulation",
+            "record": "baseline",
             "model": "infocatvae",
             "net": "mlp",
             "device": str(device),
+            "batch_size": cfg.data.batch_size,
             "steps": steps,
             "rounds": rounds,
-            "logits_img_per_s": round(statistics.median(rates["logits"][1:]), 1),
-            "sigmoid_bce_img_per_s": round(statistics.median(rates["sigmoid_bce"][1:]), 1),
-            "speedup_logits_vs_sigmoid_bce": round(statistics.median(ratios), 3),
+            "precision": precision,
+            **{f"{name}_img_per_s": round(statistics.median(rates[name][1:]), 1) for name in variants},
+            "speedup_logits_vs_baseline": speedup("logits"),
+            "speedup_today_vs_baseline": speedup("today"),
         }
     )
 
 
 def bench_training(
-    models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str, rounds: int = 7
+    models, nets, steps_mlp: int, steps_gru: int, data_dir: str, device_name: str, rounds: int, precision: str
 ) -> None:
+    """Lightning against the bare loop at ``precision``, for each model and network; ``peak_fraction`` is against
+    the measured matrix-product rate of the dtype the products run in (bf16 under bf16-mixed)."""
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
-    peak = matmul_peak_flops(device)
-    emit({"record": "matmul_peak", "device": str(device), "gflop_per_s": round(peak / 1e9, 1)})
+    peaks = {"float32": matmul_peak_flops(device)}
+    if precision.startswith("bf16"):
+        peaks["bfloat16"] = matmul_peak_flops(device, dtype=torch.bfloat16)
+    emit(
+        {
+            "record": "matmul_peak",
+            "device": str(device),
+            **{f"{k}_gflop_per_s": round(v / 1e9, 1) for k, v in peaks.items()},
+        }
+    )
+    peak = peaks["bfloat16" if precision.startswith("bf16") else "float32"]
     for net in nets:
         steps = steps_mlp if net == "mlp" else steps_gru
         for model_name in models:
             with tempfile.TemporaryDirectory() as out:
-                cfg = compose_cfg(model_name, net, out, data_dir, device_name)
+                cfg = compose_cfg(model_name, net, out, data_dir, device_name, precision)
                 torch.manual_seed(0)
                 light, bare, ratio, dm = lightning_vs_bare(cfg, steps, device, repeats=rounds)
                 data_s = data_seconds_per_batch(dm, device, min(steps, 50))
@@ -294,6 +347,7 @@ def bench_training(
                     "batch_size": cfg.data.batch_size,
                     "steps": steps,
                     "rounds": rounds,
+                    "precision": precision,
                     "bare_img_per_s": round(bare, 1),
                     "lightning_img_per_s": round(light, 1),
                     "train_ratio_lightning_vs_bare": round(ratio, 3),
@@ -378,7 +432,9 @@ def bench_sweep(data_dir: str, jobs: int, steps: int, rounds: int) -> None:
     )
 
 
-def train_steps_seconds(model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device) -> float:
+def train_steps_seconds(
+    model, x_all: torch.Tensor, batch_size: int, steps: int, device: torch.device, precision: str
+) -> float:
     """Wall time of the first ``steps`` bare training steps of a fresh optimiser (compilation included)."""
     model.to(device).train()
     opt = model.configure_optimizers()
@@ -386,17 +442,19 @@ def train_steps_seconds(model, x_all: torch.Tensor, batch_size: int, steps: int,
     t = time.perf_counter()
     for i in range(steps):
         opt.zero_grad(set_to_none=True)
-        model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"].backward()
+        with autocast(device, precision):
+            loss = model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"]
+        loss.backward()
         opt.step()
     sync(device)
     return time.perf_counter() - t
 
 
-def eval_pass_seconds(model, x: torch.Tensor, device: torch.device) -> float:
+def eval_pass_seconds(model, x: torch.Tensor, device: torch.device, precision: str) -> float:
     """One ``losses`` call in eval mode without gradients, as a validation step makes it."""
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             sync(device)
             t = time.perf_counter()
             model.losses(x)
@@ -406,7 +464,7 @@ def eval_pass_seconds(model, x: torch.Tensor, device: torch.device) -> float:
         model.train()
 
 
-def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode: str = "default") -> None:
+def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode: str, precision: str) -> None:
     """InfoCatVAE-MLP's bare step with ``torch.compile(model.losses, mode=mode)`` against eager, same weights.
 
     The first compilation is cold (an empty inductor cache, as a machine's first run); a second one, after
@@ -432,21 +490,21 @@ def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode
 
     first, x_val = 3, x_all[:batch_size]
     eager, compiled = build(False), build(True)
-    t_eager = train_steps_seconds(eager, x_all, batch_size, first, device)
-    e_eager = eval_pass_seconds(eager, x_val, device)
+    t_eager = train_steps_seconds(eager, x_all, batch_size, first, device, precision)
+    e_eager = eval_pass_seconds(eager, x_val, device, precision)
     previous_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         try:
             torch._dynamo.utils.counters.clear()
-            t_cold = train_steps_seconds(compiled, x_all, batch_size, first, device)  # forward and backward
-            e_cold = eval_pass_seconds(compiled, x_val, device)  # eval mode, no grad: another graph
+            t_cold = train_steps_seconds(compiled, x_all, batch_size, first, device, precision)  # forward and backward
+            e_cold = eval_pass_seconds(compiled, x_val, device, precision)  # eval mode, no grad: another graph
             graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
             breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
             torch._dynamo.reset()
             warm = build(True)
-            t_warm = train_steps_seconds(warm, x_all, batch_size, first, device)
-            e_warm = eval_pass_seconds(warm, x_val, device)
+            t_warm = train_steps_seconds(warm, x_all, batch_size, first, device, precision)
+            e_warm = eval_pass_seconds(warm, x_val, device, precision)
         finally:
             if previous_cache is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
@@ -455,7 +513,7 @@ def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode
     rates: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(rounds + 1):  # the first round warms up
         for name, model in (("eager", eager), ("compiled", warm)):
-            rates[name].append(bare_throughput(model, x_all, batch_size, steps, device, repeats=1))
+            rates[name].append(bare_throughput(model, x_all, batch_size, steps, device, repeats=1, precision=precision))
     eager_rate, compiled_rate = (statistics.median(rates[k][1:]) for k in ("eager", "compiled"))
     compile_s, eval_compile_s = t_cold - t_eager, e_cold - e_eager
     warm_s = (t_warm - t_eager) + (e_warm - e_eager)
@@ -472,6 +530,7 @@ def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode
             "net": "mlp",
             "device": str(device),
             "mode": mode,
+            "precision": precision,
             "what": "model.losses (forward + backward); Adam eager",
             "batch_size": batch_size,
             "steps": steps,
@@ -521,7 +580,7 @@ def profile_group(evt, rows: int, recon_numel: int) -> str:
     return "other"
 
 
-def bench_profile(data_dir: str, device_name: str, steps: int, top: int = 12) -> None:
+def bench_profile(data_dir: str, device_name: str, steps: int, precision: str, top: int = 12) -> None:
     """``torch.profiler`` over ``steps`` bare InfoCatVAE-MLP training steps (after 3 warm-up steps): self CPU
     time per group of ``profile_group``, as shares of all ops' self time."""
     from torch.profiler import ProfilerActivity, profile
@@ -539,7 +598,9 @@ def bench_profile(data_dir: str, device_name: str, steps: int, top: int = 12) ->
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
-        model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"].backward()
+        with autocast(device, precision):
+            loss = model.losses(x_all[i * batch_size : (i + 1) * batch_size])["loss"]
+        loss.backward()
         opt.step()
 
     for i in range(3):
@@ -574,6 +635,7 @@ def bench_profile(data_dir: str, device_name: str, steps: int, top: int = 12) ->
             "net": "mlp",
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "precision": precision,
             "batch_size": batch_size,
             "K": K,
             "steps": steps,
@@ -717,7 +779,7 @@ def main() -> None:
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["train", "kde", "formulation", "sweep", "compile", "profile"]
+        "--skip", nargs="*", default=[], choices=["baseline", "train", "profile", "compile", "sweep", "kde"]
     )
     parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed local and sequential sweeps")
     parser.add_argument("--sweep-steps", type=int, default=60, help="training batches of each sweep job")
@@ -727,10 +789,16 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         action="store_true",
-        help="only the logits loss against the former sigmoid + BCE formulation (InfoCatVAE-MLP)",
+        help="only the baseline record: today's InfoCatVAE-MLP step against the step when the speed issue was filed",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision",
+        help="Lightning precision of the timed steps (default: what trainer=cpu picks on this CPU, "
+        "32-true or bf16-mixed; bf16-mixed on a GPU)",
+    )
     args = parser.parse_args()
+    precision = args.precision or ("bf16-mixed" if args.device == "gpu" else cpu_precision())
     warnings.filterwarnings("ignore")
     import logging
 
@@ -746,18 +814,22 @@ def main() -> None:
             "torch": torch.__version__,
             "lightning": L.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_bf16_flags": sorted(f for f in BF16_FLAGS if f in cpu_flags()),
+            "precision": precision,
         }
     )
-    if args.baseline or "formulation" not in args.skip:
-        bench_formulation(data_dir, args.device, args.steps_mlp, args.rounds)
+    if args.baseline or "baseline" not in args.skip:
+        bench_baseline(data_dir, args.device, args.steps_mlp, args.rounds, precision)
     if args.baseline:
         return
     if "train" not in args.skip:
-        bench_training(args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds)
+        bench_training(
+            args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds, precision
+        )
     if "profile" not in args.skip:
-        bench_profile(data_dir, args.device, args.profile_steps)
+        bench_profile(data_dir, args.device, args.profile_steps, precision)
     if "compile" not in args.skip:
-        bench_compile(data_dir, args.device, args.steps_mlp, args.rounds, args.compile_mode)
+        bench_compile(data_dir, args.device, args.steps_mlp, args.rounds, args.compile_mode, precision)
     if "sweep" not in args.skip:
         bench_sweep(data_dir, args.sweep_jobs, args.sweep_steps, args.sweep_rounds)
     if "kde" not in args.skip:

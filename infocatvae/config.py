@@ -1,6 +1,7 @@
 """Hydra plumbing shared by the entry points: the config folder, composing the training config from code
 (and the shipped defaults of a model), and instantiating a group of named entries. The resolvers the
-configs use for folder names (``run_id``, ``eval_dir``) live with the run folders, in ``infocatvae.runs``."""
+configs use live with what they read: folder names (``run_id``, ``eval_dir``) in ``infocatvae.runs``, the CPU's
+precision (``cpu_precision``) in ``infocatvae.hardware``."""
 
 from __future__ import annotations
 
@@ -62,5 +63,7 @@ def instantiate_all(group: Any) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
 
 
-# the resolvers the configs use (${run_id:...}, ${eval_dir:...}) are registered when runs is imported
+# the resolvers the configs use are registered when these are imported: ${run_id:...}, ${eval_dir:...} (runs),
+# ${cpu_precision:} (hardware)
+import infocatvae.hardware  # noqa: E402, F401
 import infocatvae.runs  # noqa: E402, F401

@@ -1,0 +1,45 @@
+"""What this machine's CPU can do, read once: its instruction-set flags, whether it computes bf16
+natively, and the training precision ``trainer=cpu`` picks from that (the ``cpu_precision`` resolver).
+
+bf16 autocast on a CPU without AMX or AVX512_BF16 is emulated (converted to float32 for each
+product) and runs slower than float32, so bf16 is chosen only where the CPU reports one of them.
+Measured in ``experiments/results/bench.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Intel AMX tiles for bf16, and AVX-512's bf16 dot products (Intel Cooper Lake and later, AMD Zen 4 and later)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none: macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86, ARM
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes bf16 products natively (AMX or AVX512_BF16; Apple and other ARM: no)."""
+    flags = cpu_flags() if flags is None else flags
+    return platform.machine() in ("x86_64", "AMD64") and any(f in flags for f in BF16_FLAGS)
+
+
+def cpu_precision() -> str:
+    """``bf16-mixed`` on a CPU with native bf16, else ``32-true``: what ``conf/trainer/cpu.yaml`` resolves to."""
+    return "bf16-mixed" if native_bf16() else "32-true"
+
+
+OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
