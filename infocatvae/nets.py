@@ -16,13 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask, on the CPU, is drawn as uniform numbers compared with ``p``: the same
+    distribution, but torch's CPU ``bernoulli_`` behind ``F.dropout`` took half of an InfoCatVAE-MLP
+    step (the ``profile`` record of ``make bench``; forward and backward of a 1280×784 dropout: 8.2 ms
+    against 3.4 ms). Elsewhere (CUDA's fused kernel) it is ``nn.Dropout``. The kept values are scaled by
+    1 / (1 − p) in float32, so a bf16 input gives a float32 output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.p == 1 or x.device.type != "cpu":
+            return super().forward(x)
+        return x * torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1 / (1 - self.p))
+
+
 class MLPEncoder(nn.Module):
     """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU."""
 
     def __init__(self, hidden: int, dropout: float, in_dim: int = 784) -> None:
         super().__init__()
         self.out_dim = hidden
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), Dropout(dropout), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -45,10 +58,10 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.ReLU(),
             nn.Linear(hidden, out_dim),
-            nn.Dropout(output_dropout),
+            Dropout(output_dropout),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -80,7 +93,7 @@ class GRUDecoder(nn.Module):
         self.init = nn.Linear(latent_dim, hidden)
         self.gru = nn.GRU(latent_dim, hidden, batch_first=True)
         self.out = nn.Linear(hidden, row_dim)
-        self.drop = nn.Dropout(output_dropout)  # none in Table 3; a field for the same interface as the MLP
+        self.drop = Dropout(output_dropout)  # none in Table 3; a field for the same interface as the MLP
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h0 = self.init(z).unsqueeze(0)
