@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from infocatvae.hardware import BF16_FLAGS, cpu_flags, cpu_model
 from infocatvae.runs import last_ckpt, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def copy_figure(src: Path, name: str) -> str:
 def hardware() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return (
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), {device}; "
+        f"{cpu_model()}, {platform.machine()} ({os.cpu_count()} cores, shared; bf16 flags: "
+        f"{', '.join(sorted(f for f in BF16_FLAGS if f in cpu_flags())) or 'none'}), {device}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 

@@ -19,16 +19,27 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.cache
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none: macOS, Windows)."""
+def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str) -> str | None:
+    """The value of the first line of ``cpuinfo`` whose key is one of ``names`` (None without the file or line)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):  # x86, ARM
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() in names:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none: macOS, Windows)."""
+    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())  # x86, ARM
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``Intel(R) Xeon(R) Processor``), else the machine type (``x86_64``)."""
+    return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
 
 
 def native_bf16(flags: frozenset[str] | None = None) -> bool:

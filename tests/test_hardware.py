@@ -11,6 +11,7 @@ from tests.helpers import make_cfg
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Test CPU
 flags\t\t: fpu sse2 avx2 {extra}
 bogomips\t: 4000.00
 
@@ -26,7 +27,8 @@ flags\t\t: fpu sse2 avx2 {extra}
 def test_native_bf16_is_read_from_the_cpu_flags(extra, native, tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text(CPUINFO.format(extra=extra))
-    flags = hardware.cpu_flags.__wrapped__(str(info))
+    flags = hardware.cpu_flags(str(info))
+    assert hardware.cpu_model(str(info)) == "Intel(R) Xeon(R) Test CPU"
     assert {"fpu", "sse2", "avx2"} <= flags and "bogomips" not in flags
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     assert hardware.native_bf16(flags) is native
@@ -35,7 +37,8 @@ def test_native_bf16_is_read_from_the_cpu_flags(extra, native, tmp_path, monkeyp
 
 
 def test_no_cpuinfo_means_no_flags(tmp_path):
-    assert hardware.cpu_flags.__wrapped__(str(tmp_path / "missing")) == frozenset()
+    assert hardware.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert hardware.cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
 
 
 @pytest.mark.parametrize(("native", "precision"), [(True, "bf16-mixed"), (False, "32-true")])
