@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from infocatvae.hardware import BF16_FLAGS, cpu_flags, cpu_model
 from infocatvae.runs import last_ckpt, read_status
@@ -76,7 +77,8 @@ def train(experiment: str, args) -> tuple[Path, float]:
 
 
 def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[dict, Path]:
-    """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder."""
+    """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder.
+    An evaluation written after the checkpoint is reused (the scripts share runs and can be run again)."""
     out = run_dir / "eval" / purpose
     cmd = [
         sys.executable,
@@ -88,6 +90,15 @@ def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[d
         *overrides,
         *args.eval,
     ]
+    metrics, stored = out / "metrics.json", out / ".hydra" / "overrides.yaml"
+    if (
+        metrics.is_file()
+        and stored.is_file()
+        and metrics.stat().st_mtime > last_ckpt(run_dir).stat().st_mtime
+        and OmegaConf.to_container(OmegaConf.load(stored)) == cmd[3:]
+    ):
+        print(f"reusing {metrics}: same overrides, newer than the checkpoint", flush=True)
+        return json.loads(metrics.read_text()), out
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads((out / "metrics.json").read_text()), out

@@ -68,3 +68,40 @@ def test_experiment_scripts_use_existing_configs():
     for script in ("table1.py", "info_ce.py", "fig3.py", "fig4.py", "fig5.py"):
         named = set(re.findall(r'"((?:table1|fig\d+)_[a-z_]+)"', (scripts / script).read_text()))
         assert named and named <= files, (script, named - files)
+
+
+def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, monkeypatch):
+    """``common.evaluate`` reruns ``infocatvae.evaluate`` unless the stored evaluation has the same overrides
+    and is newer than the checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"weights")
+    args = common.parser("").parse_args(["--log-dir", str(tmp_path)])
+    calls = []
+
+    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate writes: metrics.json and Hydra's overrides.yaml
+        calls.append(cmd)
+        out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(cmd[3:]), out / ".hydra" / "overrides.yaml")
+        (out / "metrics.json").write_text(json.dumps({"kde_ll": float(len(calls))}))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert common.evaluate(run_dir, "table1", ["info.enabled=false"], args)[0] == {"kde_ll": 1.0}
+    assert common.evaluate(run_dir, "table1", ["info.enabled=false"], args)[0] == {"kde_ll": 1.0}  # reused
+    assert len(calls) == 1
+    assert common.evaluate(run_dir, "table1", ["info.enabled=true"], args)[0] == {"kde_ll": 2.0}  # other overrides
+    later = (run_dir / "eval" / "table1" / "metrics.json").stat().st_mtime + 10
+    os.utime(ckpt, (later, later))  # the run trained on after the evaluation
+    assert common.evaluate(run_dir, "table1", ["info.enabled=true"], args)[0] == {"kde_ll": 3.0}
