@@ -62,7 +62,7 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
-from infocatvae.hardware import BF16_FLAGS, cpu_flags, cpu_model, cpu_precision
+from infocatvae.hardware import bf16_flags, cpu_model, cpu_precision
 from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -97,10 +97,12 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """The autocast context of Lightning's ``precision`` (bf16-mixed, 16-mixed) around a forward pass, for the
+    """Lightning's own autocast context for ``precision`` (bf16-mixed, 16-mixed) around a forward pass, for the
     bare loops; the backward pass and the optimiser step run outside it, as in Lightning."""
-    if precision.startswith(("bf16", "16")):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+    if precision.endswith("-mixed"):
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return MixedPrecision(precision, device.type).forward_context()
     return contextlib.nullcontext()
 
 
@@ -854,7 +856,7 @@ def main() -> None:
             "torch": torch.__version__,
             "lightning": L.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_bf16_flags": sorted(f for f in BF16_FLAGS if f in cpu_flags()),
+            "cpu_bf16_flags": bf16_flags(),
             "precision": precision,
         }
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from infocatvae.hardware import BF16_FLAGS, cpu_flags, cpu_model
+from infocatvae.hardware import bf16_flags, cpu_model
 from infocatvae.runs import last_ckpt, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,12 +79,12 @@ def train(experiment: str, args) -> tuple[Path, float]:
 def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[dict, Path]:
     """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder.
     An evaluation written after the checkpoint is reused (the scripts share runs and can be run again)."""
-    out = run_dir / "eval" / purpose
+    out, ckpt = run_dir / "eval" / purpose, last_ckpt(run_dir)
     cmd = [
         sys.executable,
         "-m",
         "infocatvae.evaluate",
-        f"ckpt_path={last_ckpt(run_dir)}",
+        f"ckpt_path={ckpt}",
         f"hydra.run.dir={out}",
         f"paths.log_dir={args.log_dir}",
         *overrides,
@@ -94,7 +94,7 @@ def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[d
     if (
         metrics.is_file()
         and stored.is_file()
-        and metrics.stat().st_mtime > last_ckpt(run_dir).stat().st_mtime
+        and metrics.stat().st_mtime > ckpt.stat().st_mtime
         and OmegaConf.to_container(OmegaConf.load(stored)) == cmd[3:]
     ):
         print(f"reusing {metrics}: same overrides, newer than the checkpoint", flush=True)
@@ -114,7 +114,7 @@ def hardware() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return (
         f"{cpu_model()}, {platform.machine()} ({os.cpu_count()} cores, shared; bf16 flags: "
-        f"{', '.join(sorted(f for f in BF16_FLAGS if f in cpu_flags())) or 'none'}), {device}; "
+        f"{', '.join(bf16_flags()) or 'none'}), {device}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 

@@ -42,10 +42,15 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
 
 
+def bf16_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """Which of ``BF16_FLAGS`` the CPU reports (``flags``: this machine's by default), sorted."""
+    flags = cpu_flags() if flags is None else flags
+    return sorted(f for f in BF16_FLAGS if f in flags)
+
+
 def native_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when the CPU computes bf16 products natively (AMX or AVX512_BF16; Apple and other ARM: no)."""
-    flags = cpu_flags() if flags is None else flags
-    return platform.machine() in ("x86_64", "AMD64") and any(f in flags for f in BF16_FLAGS)
+    return platform.machine() in ("x86_64", "AMD64") and bool(bf16_flags(flags))
 
 
 def cpu_precision() -> str:
