@@ -90,12 +90,14 @@ def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[d
         *overrides,
         *args.eval,
     ]
+    # Hydra's overrides.yaml holds the task's overrides, without the hydra.* ones
+    task_overrides = [a for a in cmd[3:] if not a.startswith("hydra.")]
     metrics, stored = out / "metrics.json", out / ".hydra" / "overrides.yaml"
     if (
         metrics.is_file()
         and stored.is_file()
         and metrics.stat().st_mtime > ckpt.stat().st_mtime
-        and OmegaConf.to_container(OmegaConf.load(stored)) == cmd[3:]
+        and OmegaConf.to_container(OmegaConf.load(stored)) == task_overrides
     ):
         print(f"reusing {metrics}: same overrides, newer than the checkpoint", flush=True)
         return json.loads(metrics.read_text()), out
@@ -129,8 +131,9 @@ def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
         + f" (paper: {PAPER_EPOCHS})",
         "- seed: 0 (config `seed`), evaluation seed 0",
         f"- hardware: {hardware()}",
-        f"- wall time (training + evaluation of this script): {seconds / 60:.1f} min",
-        f"- runs: {', '.join(f'`{r}`' for r in runs)} under `logs/experiments/`",
+        f"- wall time of this command: {seconds / 60:.1f} min (training and evaluation; a run it finds completed, "
+        "or an evaluation it finds up to date, is reused: a run's own training time is in convergence.md)",
+        f"- runs: {', '.join(f'`{r}`' for r in runs)} under `{args.log_dir}/experiments/`",
         f"- command: `python {' '.join(sys.argv)}`",
     ]
     if reduced:

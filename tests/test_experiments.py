@@ -90,11 +90,12 @@ def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, m
     args = common.parser("").parse_args(["--log-dir", str(tmp_path)])
     calls = []
 
-    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate writes: metrics.json and Hydra's overrides.yaml
-        calls.append(cmd)
+    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate writes: metrics.json, and Hydra's overrides.yaml
+        calls.append(cmd)  # (the task's overrides: Hydra keeps hydra.run.dir and the other hydra.* elsewhere)
         out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
         (out / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(cmd[3:]), out / ".hydra" / "overrides.yaml")
+        task = [a for a in cmd[3:] if not a.startswith("hydra.")]
+        OmegaConf.save(OmegaConf.create(task), out / ".hydra" / "overrides.yaml")
         (out / "metrics.json").write_text(json.dumps({"kde_ll": float(len(calls))}))
 
     monkeypatch.setattr(subprocess, "run", fake_run)
