@@ -132,10 +132,11 @@ def plot(table: dict[str, dict[int, dict]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
     for ax, key in zip(axes, METRICS):
-        for run, by_epoch in table.items():
+        # one colour per run in every panel (a run without a metric, the AAE's info_ce, leaves no gap in the cycle)
+        for i, (run, by_epoch) in enumerate(table.items()):
             pts = [(e, m[key]) for e, m in sorted(by_epoch.items()) if m.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=run)
+                ax.plot(*zip(*pts), marker="o", label=run, color=f"C{i}")
         ax.set_title(key)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
