@@ -117,7 +117,8 @@ def main() -> None:
         *notes,
         "",
         f"- hardware: {common.hardware()}",
-        f"- evaluation wall time of this script: {(time.perf_counter() - start) / 60:.1f} min",
+        f"- wall time of this command: {(time.perf_counter() - start) / 60:.1f} min (a snapshot evaluated before, "
+        "with its metrics.json in the run's eval/ folder, is read, not evaluated again)",
         f"- command: `python {' '.join(sys.argv)}`",
         "- each run was trained by `experiments/long_runs.sh` (its exact command is in that script)",
     ]
