@@ -40,6 +40,7 @@ METRIC_ORDER = (
     "val/marginal",
     "val/cluster_acc",
     "val/nmi",
+    "val/ari",
 )
 SEED_KEY = "seed"
 

@@ -88,6 +88,8 @@ RULES: dict[str, Rule] = {
     "model.disc_hidden": integer(1),
     "model.disc_layers": integer(0),
     "model.optimizer.lr": number(0, above=True),
+    "model.gen_optimizer.lr": number(0, above=True),
+    "model.disc_optimizer.lr": number(0, above=True),
     # conf/net/*.yaml
     "model.net.encoder.hidden": integer(1),
     "model.net.encoder.dropout": probability(),

@@ -231,6 +231,26 @@ def test_aae_three_phases_each_step_their_parameters(images, tmp_path):
     assert any(n.startswith("disc_z") for n in changed) and any(n.startswith("disc_y") for n in changed)
 
 
+def test_aae_phase_optimisers_take_their_own_settings(tmp_path):
+    """gen_optimizer and disc_optimizer configure the regularisation and discrimination phases; left null,
+    a phase takes ``optimizer``'s settings; each phase has its own optimiser over its own parameters."""
+    m = build("model=aae model.K=10 model.optimizer.lr=2e-4", tmp_path)
+    opts = m.configure_optimizers()
+    assert [o.param_groups[0]["lr"] for o in opts] == [2e-4, 2e-4, 2e-4]
+    m = build(
+        "model=aae model.K=10 model.optimizer.lr=2e-4 "
+        "model.gen_optimizer={_target_:torch.optim.SGD,_partial_:true,lr:0.1,momentum:0.9} "
+        "model.disc_optimizer={_target_:torch.optim.Adam,_partial_:true,lr:3e-3}",
+        tmp_path,
+    )
+    ae, gen, disc = m.configure_optimizers()
+    assert type(ae) is torch.optim.Adam and ae.param_groups[0]["lr"] == 2e-4
+    assert type(gen) is torch.optim.SGD and gen.param_groups[0]["lr"] == 0.1 and gen.param_groups[0]["momentum"] == 0.9
+    assert type(disc) is torch.optim.Adam and disc.param_groups[0]["lr"] == 3e-3
+    ids = [{id(p) for g in o.param_groups for p in g["params"]} for o in (ae, gen, disc)]
+    assert ids[1] < ids[0] and not ids[2] & ids[0]  # the encoder's parameters; the discriminators' alone
+
+
 def test_aae_reconstruction_falls(images, tmp_path):
     torch.manual_seed(0)
     m = build("model=aae model.optimizer.lr=1e-3", tmp_path)

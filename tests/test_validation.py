@@ -77,6 +77,16 @@ def test_bad_training_values_name_field_rule_and_value(override, message):
         ("catvae_free", "model.prior_init=zeros", "model.prior_init must be one of ['block', 'random']"),
         ("aae", "model.d=0", "model.d must be an integer >= 1"),
         ("aae", "model.disc_layers=-1", "model.disc_layers must be an integer >= 0"),
+        (
+            "aae",
+            "model.gen_optimizer={_target_:torch.optim.SGD,_partial_:true,lr:-1}",
+            "model.gen_optimizer.lr must be a number > 0, got -1",
+        ),
+        (
+            "aae",
+            "model.disc_optimizer={_target_:torch.optim.Adam,_partial_:true,lr:0}",
+            "model.disc_optimizer.lr must be a number > 0, got 0",
+        ),
     ],
 )
 def test_fields_of_one_model_are_checked_where_they_exist(model, override, message):

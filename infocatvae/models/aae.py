@@ -22,11 +22,11 @@ class AAE(BaseModel):
       one discriminator compares y with one-hot draws of a uniform categorical, another compares
       z with N(0, I); the decoder reads [y, z].
 
-    Each training batch runs the three phases of the AAE with their own Adam optimisers under
-    manual optimisation (Lightning's GAN example): reconstruction (encoder + decoder),
-    regularisation (the encoder fools the discriminators, eq. 11 second term) and
-    discrimination (eq. 12). Lightning counts every optimiser step in ``global_step``, so one
-    batch advances it by three: size AAE runs in epochs.
+    Each training batch runs the three phases of the AAE with their own optimisers under manual
+    optimisation (Lightning's GAN example): reconstruction (encoder + decoder, ``optimizer``),
+    regularisation (the encoder fools the discriminators, eq. 11 second term; ``gen_optimizer``) and
+    discrimination (eq. 12; ``disc_optimizer``). Lightning counts every optimiser step in
+    ``global_step``, so one batch advances it by three: size AAE runs in epochs.
     """
 
     loss_functions = ("recon_loss", "generator_loss", "discriminator_loss")  # the three phases; losses calls them
@@ -41,6 +41,8 @@ class AAE(BaseModel):
         disc_hidden: int,
         disc_layers: int,
         likelihood: str,
+        gen_optimizer: Mapping | None = None,
+        disc_optimizer: Mapping | None = None,
     ) -> None:
         super().__init__(net, optimizer, K=K, decoder_in=d + (K if K > 1 else 0), likelihood=likelihood)
         self.save_hyperparameters(logger=False)
@@ -144,10 +146,13 @@ class AAE(BaseModel):
         return [*self.disc_z.parameters(), *(self.disc_y.parameters() if self.disc_y is not None else [])]
 
     def configure_optimizers(self):
+        """One optimiser per phase: ``optimizer`` (reconstruction), ``gen_optimizer`` (regularisation) and
+        ``disc_optimizer`` (discrimination); a phase's entry left null takes ``optimizer``'s settings."""
+        hp = self.hparams
         return (
             self.make_optimizer(self.autoencoder_parameters()),
-            self.make_optimizer(self.encoder_parameters()),
-            self.make_optimizer(self.discriminator_parameters()),
+            self.make_optimizer(self.encoder_parameters(), hp.gen_optimizer),
+            self.make_optimizer(self.discriminator_parameters(), hp.disc_optimizer),
         )
 
     def _step(self, opt, loss: torch.Tensor) -> None:

@@ -108,9 +108,10 @@ class BaseModel(L.LightningModule):
     def configure_optimizers(self):
         return self.make_optimizer(self.parameters())
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
-        """The ``optimizer`` config (a ``_partial_`` target, Adam by default) applied to ``params``."""
-        return hydra.utils.instantiate(self.optimizer_cfg)(params)
+    def make_optimizer(self, params, cfg: Mapping | None = None) -> torch.optim.Optimizer:
+        """An optimizer config (a ``_partial_`` target, Adam by default; ``optimizer`` when ``cfg`` is None)
+        applied to ``params``."""
+        return hydra.utils.instantiate(self.optimizer_cfg if cfg is None else cfg)(params)
 
     def log_terms(self, stage: str, terms: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """``train/<term>_step`` on the trainer's logging steps and ``train/<term>_epoch`` at each epoch's end;
@@ -189,7 +190,7 @@ class BaseModel(L.LightningModule):
         self._log_clustering("test")
 
     def _log_clustering(self, stage: str) -> None:
-        """``<stage>/cluster_acc`` and ``<stage>/nmi`` of argmax q(c|x) over the whole epoch."""
+        """``<stage>/cluster_acc``, ``<stage>/nmi`` and ``<stage>/ari`` of argmax q(c|x) over the whole epoch."""
         if not self._val_pred:
             return
         pred = self.all_gather(torch.cat(self._val_pred)).flatten().cpu().numpy()
@@ -200,6 +201,7 @@ class BaseModel(L.LightningModule):
         # rank_zero_only: the values are already gathered from every process.
         self.log(f"{stage}/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
         self.log(f"{stage}/nmi", float(scores["nmi"]), rank_zero_only=True)
+        self.log(f"{stage}/ari", float(scores["ari"]), rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[MODEL_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
