@@ -126,7 +126,7 @@ def bare_throughput(
         if len(opts) == 3:  # the AAE's three phases (models/aae.py)
             for opt, loss in (
                 (opts[0], model.recon_loss),
-                (opts[1], model.generator_loss),
+                (opts[1], lambda b: model.generator_loss(b)[0]),
                 (opts[2], lambda b: model.discriminator_loss(b)[0]),
             ):
                 opt.zero_grad(set_to_none=True)
@@ -273,7 +273,7 @@ def step_flops_per_image(cfg, batch_size: int) -> float:
     x = torch.rand(batch_size, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         if not model.automatic_optimization:  # the AAE's three phases
-            for loss in (model.recon_loss(x), model.generator_loss(x), model.discriminator_loss(x)[0]):
+            for loss in (model.recon_loss(x), model.generator_loss(x)[0], model.discriminator_loss(x)[0]):
                 loss.backward()
         else:
             model.losses(x)["loss"].backward()

@@ -306,6 +306,34 @@ def test_marginal_gradient_reaches_the_classifier(images, tmp_path):
     assert m.decoder.net[0].weight.grad is None  # q(c|x) only: the decoder is not involved
 
 
+def test_aae_marginal_term_in_the_regularisation_phase(images, tmp_path):
+    """The clustering AAE's ``marginal`` = KL(batch mean of its softmax y ‖ uniform), computed here from
+    the probabilities directly; it enters the regularisation phase's loss only with beta_marginal > 0,
+    and its gradient reaches the category head only."""
+    x = batch(images, False)
+    for beta in (0.0, 4.0):
+        torch.manual_seed(0)
+        m = build(f"model=aae model.K=10 model.beta_marginal={beta}", tmp_path).eval()
+        torch.manual_seed(1)
+        gen, marginal = m.generator_loss(x)
+        y, _ = m._codes(x)
+        qbar = y.mean(0)
+        expected = (qbar * (qbar * 10).log()).sum()
+        torch.testing.assert_close(marginal, expected)
+        torch.manual_seed(1)
+        m2 = build("model=aae model.K=10 model.beta_marginal=0", tmp_path)
+        m2.load_state_dict(m.state_dict())  # the same weights, without the term
+        torch.manual_seed(1)
+        adversarial, _ = m2.eval().generator_loss(x)
+        torch.testing.assert_close(gen, adversarial + beta * marginal)
+        assert "marginal" in m.losses(x)
+    m.zero_grad()
+    m.generator_loss(x)[1].backward()
+    assert m.to_y.weight.grad.abs().sum() > 0 and m.to_z.weight.grad is None
+    # K = 1: no categories, no term
+    assert build("model=aae model.K=1", tmp_path).eval().generator_loss(x)[1] is None
+
+
 def test_kl_warmup_factor_follows_the_trainers_epoch_or_step(images, tmp_path):
     """min(1, epoch / W) or min(1, step / S) on training steps; 1 with no trainer, outside training
     (validation), and with no warm-up set. The factor multiplies beta_cat and beta_cont only."""

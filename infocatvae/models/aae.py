@@ -43,6 +43,7 @@ class AAE(BaseModel):
         likelihood: str,
         gen_optimizer: Mapping | None = None,
         disc_optimizer: Mapping | None = None,
+        beta_marginal: float = 0.0,
     ) -> None:
         super().__init__(net, optimizer, K=K, decoder_in=d + (K if K > 1 else 0), likelihood=likelihood)
         self.save_hyperparameters(logger=False)
@@ -54,12 +55,15 @@ class AAE(BaseModel):
         self.disc_y = Discriminator(K, disc_hidden, disc_layers) if K > 1 else None
 
     # ---- codes -----------------------------------------------------------------------------
+    def _logits_codes(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The category logits (B, K) (None when K = 1) and the code z (B, d)."""
+        h = self.encoder(x)
+        return (self.to_y(h) if self.to_y is not None else None), self.to_z(h)
+
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The category probabilities y (B, K) (all ones when K = 1) and the code z (B, d)."""
-        h = self.encoder(x)
-        z = self.to_z(h)
-        y = self.to_y(h).softmax(-1) if self.to_y is not None else z.new_ones(len(z), 1)
-        return y, z
+        logits, z = self._logits_codes(x)
+        return (logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)), z
 
     def _decoder_input(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([y, z], dim=-1) if self.K > 1 else z
@@ -95,14 +99,20 @@ class AAE(BaseModel):
         y, z = self._codes(x)
         return L.reconstruction(self.decode_logits(self._decoder_input(y, z)), x.flatten(1), self.likelihood).mean()
 
-    def generator_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Regularisation phase: the encoder's codes should be taken for prior draws."""
-        y, z = self._codes(x)
+    def generator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Regularisation phase: the encoder's codes should be taken for prior draws; with
+        ``beta_marginal > 0`` (K > 1), plus ``beta_marginal`` times KL(batch mean of y ‖ uniform).
+        Returns the phase's loss and that KL (``marginal``, None when K = 1), whatever its weight."""
+        logits, z = self._logits_codes(x)
+        y = logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)
         total = 0.0
         for disc, fake, _ in self._disc_pairs(y, z):
             logit = disc(fake)
             total = total + F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
-        return total
+        marginal = L.kl_marginal(logits) if logits is not None else None
+        if marginal is not None and self.hparams.beta_marginal:
+            total = total + self.hparams.beta_marginal * marginal
+        return total, marginal
 
     def discriminator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Discrimination phase (eq. 12): prior draws are real, encoder codes are fake.
@@ -122,9 +132,10 @@ class AAE(BaseModel):
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon = self.recon_loss(x)
-        gen = self.generator_loss(x)
+        gen, marginal = self.generator_loss(x)
         disc, acc = self.discriminator_loss(x)
-        return {"loss": recon + gen, "recon": recon, "gen": gen, "disc": disc, "disc_acc": acc}
+        terms = {"loss": recon + gen, "recon": recon, "gen": gen, "disc": disc, "disc_acc": acc}
+        return terms if marginal is None else {**terms, "marginal": marginal}
 
     # ---- Lightning -------------------------------------------------------------------------
     def autoencoder_parameters(self):
@@ -165,7 +176,7 @@ class AAE(BaseModel):
         opt_ae, opt_gen, opt_disc = self.optimizers()
         recon = self.recon_loss(x)
         self._step(opt_ae, recon)
-        gen = self.generator_loss(x)
+        gen, marginal = self.generator_loss(x)
         self._step(opt_gen, gen)
         disc, acc = self.discriminator_loss(x)
         self._step(opt_disc, disc)
@@ -176,5 +187,7 @@ class AAE(BaseModel):
             "disc": disc.detach(),
             "disc_acc": acc,
         }
+        if marginal is not None:
+            terms["marginal"] = marginal.detach()
         self.log_terms("train", terms, len(x))
         return terms
