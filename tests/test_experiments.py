@@ -68,6 +68,8 @@ def test_experiment_scripts_use_existing_configs():
     for script in ("table1.py", "info_ce.py", "fig3.py", "fig4.py", "fig5.py"):
         named = set(re.findall(r'"((?:table1|fig\d+)_[a-z_]+)"', (scripts / script).read_text()))
         assert named and named <= files, (script, named - files)
+    named = set(re.findall(r'"experiment=([a-z_0-9]+)"', (scripts / "clustering.py").read_text()))
+    assert named and named <= files, ("clustering.py", named - files)
 
 
 def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, monkeypatch):
@@ -106,3 +108,96 @@ def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, m
     later = (run_dir / "eval" / "table1" / "metrics.json").stat().st_mtime + 10
     os.utime(ckpt, (later, later))  # the run trained on after the evaluation
     assert common.evaluate(run_dir, "table1", ["info.enabled=true"], args)[0] == {"kde_ll": 3.0}
+
+
+def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path, monkeypatch):
+    """``experiments/clustering.py`` trains every (row, seed) with ``test=true`` into its own folder, reuses a
+    completed one, and writes per row the mean ± sample std over seeds and the seeds' min / max."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import clustering
+    import common
+
+    calls = []
+    acc = {0: 0.5, 1: 0.7, 2: 0.9}
+
+    def fake_run(cmd, cwd, check):  # what a completed training job leaves: status.json with its metrics
+        calls.append(cmd)
+        seed = int(next(a for a in cmd if a.startswith("seed=")).split("=")[1])
+        out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = {"test/cluster_acc": acc[seed], "test/nmi": acc[seed] / 2, "test/ari": 0.1, "val/cluster_acc": 0.6}
+        (out / "status.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    argv = ["clustering.py", "--epochs", "3", "--seeds", "0", "1", "2", "--rows", "catvae", "aae_clustering_k30"]
+    argv += ["--log-dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    clustering.main()
+    assert len(calls) == 6
+    assert all("test=true" in c and "trainer.max_epochs=3" in c for c in calls)
+    assert "experiment=aae_clustering" in calls[-1] and "model.K=30" in calls[-1]
+    assert (tmp_path / "experiments" / "clustering" / "catvae_e3" / "seed2" / "status.json").is_file()
+    table = (tmp_path / "results" / "clustering.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| CatVAE"))
+    mean, std = statistics.mean(acc.values()), statistics.stdev(acc.values())
+    assert f"| 3 | {mean:.3f} ± {std:.3f} | 0.500 / 0.900 |" in row
+    assert f"{mean / 2:.3f} ± {std / 2:.3f}" in row
+    clustering.main()  # every run completed: nothing is trained again
+    assert len(calls) == 6
+
+
+def _flat(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+# preset: (the overrides giving the same model without it, the keys it changes, K)
+CLUSTERING_PRESETS = {
+    "clustering_mnist": (
+        ["model=infocatvae"],
+        {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"},
+        10,
+    ),
+    "clustering_fashion": (
+        ["model=infocatvae", "data=fashion_mnist"],
+        {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"},
+        10,
+    ),
+    "aae_clustering": (["model=aae"], {"model.K", "model.d", "model.beta_marginal", "model.optimizer.lr"}, 16),
+}
+
+
+@pytest.mark.parametrize("name", list(CLUSTERING_PRESETS))
+def test_clustering_presets_hold_only_what_differs_and_build(name):
+    """A clustering preset changes only its own fields of the model (and the length), turns the
+    balanced-category term on, and builds its model."""
+    import hydra.utils
+
+    base_overrides, changed, K = CLUSTERING_PRESETS[name]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"])
+        base = compose("train", overrides=base_overrides)
+    a, b = _flat(cfg), _flat(base)
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ == changed | {"trainer.max_epochs"}
+    assert cfg.model.beta_marginal > 0 and cfg.model.K == K
+    model = hydra.utils.instantiate(cfg.model)
+    assert model.hparams.beta_marginal == cfg.model.beta_marginal
