@@ -132,6 +132,8 @@ def main() -> None:
         "min / max of the seeds' ACC; validation ACC (the 5K held-out training images the presets were chosen "
         "on); `marginal` = KL(mean of q(c|x) over the test set batches ‖ uniform), 0 for balanced categories, "
         "log K = 2.30 when all images fall in one; wall time of one run (training, validation, test).",
+        "How the presets were chosen, on validation only (the Optuna search, the AAE probes, why the AAE "
+        "collapsed): [clustering_search.md](clustering_search.md).",
         "",
         "| model / preset | seeds | test ACC | min / max | test NMI | test ARI | val ACC | test `marginal` | min/run |",
         "|---|---|---|---|---|---|---|---|---|",

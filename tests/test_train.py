@@ -85,6 +85,15 @@ def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", ["clustering_mnist", "aae_clustering"])
+def test_clustering_presets_train_from_one_command(preset, tmp_path):
+    """``experiment=<preset>`` (with the tiny run's limits) trains, tests, and logs the balance term."""
+    metrics = train(make_cfg([*TINY, f"experiment={preset}", "test=true"], tmp_path))
+    assert read_status(tmp_path)["status"] == "completed"
+    assert {"test/cluster_acc", "test/nmi", "test/ari", "train/marginal", "val/marginal"} <= set(metrics)
+
+
+@pytest.mark.slow
 def test_tensorboard_holds_losses_clustering_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
