@@ -124,17 +124,31 @@ def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path
 
     calls = []
     acc = {0: 0.5, 1: 0.7, 2: 0.9}
+    val = {0: 0.6, 1: 0.5, 2: 0.7}
 
     def fake_run(cmd, cwd, check):  # what a completed training job leaves: status.json with its metrics
         calls.append(cmd)
         seed = int(next(a for a in cmd if a.startswith("seed=")).split("=")[1])
         out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
         out.mkdir(parents=True, exist_ok=True)
-        metrics = {"test/cluster_acc": acc[seed], "test/nmi": acc[seed] / 2, "test/ari": 0.1, "val/cluster_acc": 0.6}
+        metrics = {
+            "test/cluster_acc": acc[seed],
+            "test/nmi": acc[seed] / 2,
+            "test/ari": 0.1,
+            "val/cluster_acc": val[seed],
+        }
         (out / "status.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
+
+    evaluated = []
+
+    def fake_evaluate(run_dir, purpose, overrides, args):  # the samples of the preset's best seed
+        evaluated.append(run_dir.name)
+        return {"gen_distinct": 7}, run_dir
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "evaluate", fake_evaluate)
+    monkeypatch.setattr(common, "copy_figure", lambda src, name: name)
     argv = ["clustering.py", "--epochs", "3", "--seeds", "0", "1", "2", "--rows", "catvae", "aae_clustering_k30"]
     argv += ["--log-dir", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -148,8 +162,16 @@ def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path
     mean, std = statistics.mean(acc.values()), statistics.stdev(acc.values())
     assert f"| 3 | {mean:.3f} ± {std:.3f} | 0.500 / 0.900 |" in row
     assert f"{mean / 2:.3f} ± {std / 2:.3f}" in row
+    assert "Issue 14's goal" not in table and not evaluated  # no preset row asked for
     clustering.main()  # every run completed: nothing is trained again
     assert len(calls) == 6
+    acc[1] = 0.96  # the preset's seeds: 0.5, 0.96, 0.9
+    monkeypatch.setattr(sys, "argv", [*argv[:8], "clustering_mnist", *argv[-2:]])
+    clustering.main()
+    assert len(calls) == 9 and evaluated == ["seed2"]  # the best seed on validation, not on test (seed1)
+    table = (tmp_path / "results" / "clustering.md").read_text()
+    goal = "mean 0.787 (goal ≥ 0.90: not met); lowest seed 0.500 (goal ≥ 0.80: not met); "
+    assert goal + "best seed 0.960 (goal ≥ 0.95: met)" in table
 
 
 def _flat(cfg) -> dict:
