@@ -124,5 +124,8 @@ def test_every_rule_names_a_field_of_a_shipped_config():
     """A rule whose field no config has would never fire (a renamed field): each one must be found."""
     configs = [composed("train", [f"model={m}", f"net={n}"]) for m in MODELS for n in ("mlp", "gru")]
     configs.append(composed("eval", []))
+    # the AAE's phase optimisers are null by default (null = model.optimizer's settings), set as whole entries
+    adam = "{_target_:torch.optim.Adam,_partial_:true,lr:1e-3}"
+    configs.append(composed("train", ["model=aae", f"model.gen_optimizer={adam}", f"model.disc_optimizer={adam}"]))
     stale = [f for f in validation.RULES if all(validation._value(c, f) is validation._ABSENT for c in configs)]
     assert not stale
