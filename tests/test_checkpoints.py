@@ -50,6 +50,21 @@ def test_a_checkpoint_written_before_a_field_existed_still_loads(tmp_path, caplo
     assert "learn_prior" in caplog.text
 
 
+def test_an_aae_checkpoint_from_before_the_phase_optimisers_and_balance_term_loads(tmp_path, caplog):
+    """The AAE's fields added since (gen_optimizer, disc_optimizer, beta_marginal) come from conf/model/aae.yaml."""
+    torch.manual_seed(0)
+    model = make_model("model=aae model.K=10")
+
+    def older(hp):
+        del hp["gen_optimizer"], hp["disc_optimizer"], hp["beta_marginal"]
+
+    with caplog.at_level(logging.INFO, logger="infocatvae.checkpoints"):
+        loaded = load_model(saved(model, tmp_path / "old_aae.ckpt", older))
+    assert loaded.hparams.gen_optimizer is None and loaded.hparams.disc_optimizer is None
+    assert loaded.hparams.beta_marginal == 0.0 and loaded.K == 10
+    assert "model.beta_marginal" in caplog.text
+
+
 def test_weights_that_do_not_fit_their_hyperparameters_are_refused(tmp_path):
     model = make_model("model=catvae")
     path = saved(model, tmp_path / "k5.ckpt", lambda hp: hp.update(K=5))

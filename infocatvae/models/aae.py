@@ -41,10 +41,11 @@ class AAE(BaseModel):
         disc_hidden: int,
         disc_layers: int,
         likelihood: str,
-        gen_optimizer: Mapping | None = None,
-        disc_optimizer: Mapping | None = None,
-        beta_marginal: float = 0.0,
+        gen_optimizer: Mapping | None,
+        disc_optimizer: Mapping | None,
+        beta_marginal: float,
     ) -> None:
+        # No defaults here: conf/model/aae.yaml holds them; an older checkpoint is completed from it (checkpoints.py).
         super().__init__(net, optimizer, K=K, decoder_in=d + (K if K > 1 else 0), likelihood=likelihood)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
@@ -60,10 +61,15 @@ class AAE(BaseModel):
         h = self.encoder(x)
         return (self.to_y(h) if self.to_y is not None else None), self.to_z(h)
 
+    @staticmethod
+    def _probs(logits: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """The category probabilities y (B, K) of ``logits``; all ones (B, 1) when K = 1."""
+        return logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)
+
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The category probabilities y (B, K) (all ones when K = 1) and the code z (B, d)."""
         logits, z = self._logits_codes(x)
-        return (logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)), z
+        return self._probs(logits, z), z
 
     def _decoder_input(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([y, z], dim=-1) if self.K > 1 else z
@@ -104,7 +110,7 @@ class AAE(BaseModel):
         ``beta_marginal > 0`` (K > 1), plus ``beta_marginal`` times KL(batch mean of y ‖ uniform).
         Returns the phase's loss and that KL (``marginal``, None when K = 1), whatever its weight."""
         logits, z = self._logits_codes(x)
-        y = logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)
+        y = self._probs(logits, z)
         total = 0.0
         for disc, fake, _ in self._disc_pairs(y, z):
             logit = disc(fake)
