@@ -67,20 +67,8 @@ def train(row: str, seed: int, args) -> tuple[Path, dict, float | None]:
     """Train (or reuse) one seed of a row with test=true; returns its folder, final metrics and wall seconds."""
     run_dir = Path(args.log_dir) / "experiments" / "clustering" / f"{row}_e{args.epochs}" / f"seed{seed}"
     timing = run_dir / "clustering_wall_s.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "infocatvae.train",
-        *ROWS[row][1],
-        f"seed={seed}",
-        f"trainer.max_epochs={args.epochs}",
-        "test=true",
-        f"hydra.run.dir={run_dir}",
-        f"paths.log_dir={args.log_dir}",
-        "callbacks.progress_bar.refresh_rate=0",
-        *([f"trainer={args.trainer}"] if args.trainer else []),
-        *([f"trainer.limit_train_batches={args.limit_train_batches}"] if args.limit_train_batches else []),
-    ]
+    overrides = [*ROWS[row][1], f"seed={seed}", "test=true", *([f"trainer={args.trainer}"] if args.trainer else [])]
+    cmd = common.train_command(run_dir, overrides, args)
     if read_status(run_dir).get("status") != "completed":
         print("$", " ".join(cmd), flush=True)
         start = time.perf_counter()

@@ -54,14 +54,14 @@ def run_name(experiment: str, args) -> str:
     return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
 
 
-def train(experiment: str, args) -> tuple[Path, float]:
-    """Train (or reuse) the run of ``experiment``; returns its folder and the training wall time (0 if reused)."""
-    run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args)
+def train_command(run_dir: Path, overrides: list[str], args) -> list[str]:
+    """The ``infocatvae.train`` command of a script's run: ``overrides``, the script's epochs and batch limit,
+    the run folder and log folder, no progress bar."""
     cmd = [
         sys.executable,
         "-m",
         "infocatvae.train",
-        f"experiment={experiment}",
+        *overrides,
         f"trainer.max_epochs={args.epochs}",
         f"hydra.run.dir={run_dir}",
         f"paths.log_dir={args.log_dir}",
@@ -69,6 +69,13 @@ def train(experiment: str, args) -> tuple[Path, float]:
     ]
     if args.limit_train_batches:
         cmd.append(f"trainer.limit_train_batches={args.limit_train_batches}")
+    return cmd
+
+
+def train(experiment: str, args) -> tuple[Path, float]:
+    """Train (or reuse) the run of ``experiment``; returns its folder and the training wall time (0 if reused)."""
+    run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args)
+    cmd = train_command(run_dir, [f"experiment={experiment}"], args)
     done = read_status(run_dir).get("status") == "completed"
     start = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
