@@ -223,3 +223,32 @@ def test_clustering_presets_hold_only_what_differs_and_build(name):
     assert cfg.model.beta_marginal > 0 and cfg.model.K == K
     model = hydra.utils.instantiate(cfg.model)
     assert model.hparams.beta_marginal == cfg.model.beta_marginal
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONFIG_DIR) / "sweep").glob("*.yaml")))
+def test_sweep_searches_existing_fields_with_valid_values(name):
+    """Every field a sweep file searches exists in the config it composes, and each end of its range (each
+    choice) passes the pre-training checks: a misspelt key or a bad value would otherwise be found only
+    when a trial fails, after the other trials have spent their time."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+    from omegaconf import OmegaConf
+
+    from infocatvae.validation import check
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"sweep={name}"], return_hydra_config=True)
+        params = dict(cfg.hydra.sweeper.params)
+        assert params and cfg.sweep_name == name
+        for key, spec in params.items():
+            assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{name}: {key} is not a field"
+            override = OverridesParser.create().parse_overrides([f"{key}={spec}"])[0]
+            value = override.value()
+            if isinstance(value, ChoiceSweep):
+                values = list(value.list)
+            elif isinstance(value, IntervalSweep):
+                values = [value.start, value.end]
+            else:  # the basic sweeper's comma-separated list
+                values = list(override.sweep_iterator())
+            for v in values:
+                check(compose("train", overrides=[f"sweep={name}", f"{key}={v}"]))
