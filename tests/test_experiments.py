@@ -192,18 +192,13 @@ def _flat(cfg) -> dict:
 
 
 # preset: (the overrides giving the same model without it, the keys it changes, K)
+AAE_CHANGES = {"model.K", "model.d", "model.beta_marginal", "model.optimizer.lr"}
+INFOCATVAE_CHANGES = {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"}
 CLUSTERING_PRESETS = {
-    "clustering_mnist": (
-        ["model=infocatvae"],
-        {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"},
-        10,
-    ),
-    "clustering_fashion": (
-        ["model=infocatvae", "data=fashion_mnist"],
-        {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"},
-        10,
-    ),
-    "aae_clustering": (["model=aae"], {"model.K", "model.d", "model.beta_marginal", "model.optimizer.lr"}, 16),
+    "clustering_mnist": (["model=aae"], AAE_CHANGES, 10),
+    "clustering_fashion": (["model=aae", "data=fashion_mnist"], AAE_CHANGES, 10),
+    "infocatvae_clustering": (["model=infocatvae"], INFOCATVAE_CHANGES, 10),
+    "aae_clustering": (["model=aae"], AAE_CHANGES, 16),
 }
 
 

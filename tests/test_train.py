@@ -85,7 +85,7 @@ def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["clustering_mnist", "aae_clustering"])
+@pytest.mark.parametrize("preset", ["clustering_mnist", "infocatvae_clustering"])
 def test_clustering_presets_train_from_one_command(preset, tmp_path):
     """``experiment=<preset>`` (with the tiny run's limits) trains, tests, and logs the balance term."""
     metrics = train(make_cfg([*TINY, f"experiment={preset}", "test=true"], tmp_path))
