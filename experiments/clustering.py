@@ -37,10 +37,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "aae_k10": ("AAE, `model=aae model.K=10` (defaults)", ["model=aae", "model.K=10"]),
     "aae_clustering_k16": ("AAE, `experiment=aae_clustering` (K = 16)", ["experiment=aae_clustering"]),
     "aae_clustering_k30": ("AAE, `experiment=aae_clustering model.K=30`", ["experiment=aae_clustering", "model.K=30"]),
-    "clustering_fashion": ("AAE, `experiment=clustering_fashion` (FashionMNIST)", ["experiment=clustering_fashion"]),
-    "infocatvae_clustering_fashion": (
-        "InfoCatVAE, `experiment=infocatvae_clustering data=fashion_mnist` (FashionMNIST)",
-        ["experiment=infocatvae_clustering", "data=fashion_mnist"],
+    "clustering_fashion": (
+        "InfoCatVAE, `experiment=clustering_fashion` (`infocatvae_clustering` on FashionMNIST)",
+        ["experiment=clustering_fashion"],
+    ),
+    "clustering_mnist_fashion": (
+        "AAE, `experiment=clustering_mnist data=fashion_mnist` (FashionMNIST)",
+        ["experiment=clustering_mnist", "data=fashion_mnist"],
     ),
 }
 # the row whose best seed's class-conditional samples are shown

@@ -196,7 +196,7 @@ AAE_CHANGES = {"model.K", "model.d", "model.beta_marginal", "model.optimizer.lr"
 INFOCATVAE_CHANGES = {"model.lam", "model.beta_cat", "model.beta_info", "model.beta_marginal", "model.optimizer.lr"}
 CLUSTERING_PRESETS = {
     "clustering_mnist": (["model=aae"], AAE_CHANGES, 10),
-    "clustering_fashion": (["model=aae", "data=fashion_mnist"], AAE_CHANGES, 10),
+    "clustering_fashion": (["model=infocatvae", "data=fashion_mnist"], INFOCATVAE_CHANGES, 10),
     "infocatvae_clustering": (["model=infocatvae"], INFOCATVAE_CHANGES, 10),
     "aae_clustering": (["model=aae"], AAE_CHANGES, 16),
 }
