@@ -50,6 +50,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        "What the samples show, as a person reads them, and whether the paper's claim holds: the claims table "
+        "of [README.md](README.md).",
+        "",
         *body,
         *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS]),
         *common.full_run_note("fig5.py"),
