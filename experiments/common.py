@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -128,6 +129,33 @@ def hardware() -> str:
     )
 
 
+def epoch_times(run_dir: Path) -> tuple[float | None, float | None]:
+    """(median seconds per epoch, seconds from the first to the last epoch end, pauses included),
+    read from the wall times of the epoch-level training loss in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not (run_dir / "tensorboard").is_dir():
+        return None, None
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    if "train/loss_epoch" not in acc.Tags()["scalars"]:
+        return None, None
+    t = sorted(e.wall_time for e in acc.Scalars("train/loss_epoch"))
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    return (statistics.median(gaps) if gaps else None), (t[-1] - t[0] if len(t) > 1 else None)
+
+
+def training_time_line(run_dir: Path) -> str | None:
+    """A run's training time as its TensorBoard epoch ends tell it, for the setup lines of a results file."""
+    per_epoch, span = epoch_times(run_dir)
+    if per_epoch is None:
+        return None
+    return (
+        f"- training of `{run_dir.name}`: median {per_epoch:.0f} s per epoch; {span / 60:.0f} min from the first "
+        "epoch's end to the last's (pauses included)"
+    )
+
+
 def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
     reduced = args.epochs < PAPER_EPOCHS or args.limit_train_batches
     lines = [
@@ -139,8 +167,9 @@ def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
         "- seed: 0 (config `seed`), evaluation seed 0",
         f"- hardware: {hardware()}",
         f"- wall time of this command: {seconds / 60:.1f} min (training and evaluation; a run it finds completed, "
-        "or an evaluation it finds up to date, is reused: a run's own training time is in convergence.md)",
+        "or an evaluation it finds up to date, is reused)",
         f"- runs: {', '.join(f'`{r}`' for r in runs)} under `{args.log_dir}/experiments/`",
+        *[line for r in runs if (line := training_time_line(Path(args.log_dir) / "experiments" / r))],
         f"- command: `python {' '.join(sys.argv)}`",
     ]
     if reduced:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -33,20 +32,6 @@ RUNS = [
     "authors_code_infocatvae_e50",
 ]
 METRICS = ["kde_ll", "info_ce_on_probs", "gen_agreement", "cluster_acc", "test_elbo"]
-
-
-def epoch_times(run_dir: Path) -> tuple[float | None, float | None]:
-    """(median seconds per epoch, seconds from the first to the last epoch end, pauses included),
-    read from the wall times of the epoch-level training loss in TensorBoard."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    if "train/loss_epoch" not in acc.Tags()["scalars"]:
-        return None, None
-    t = sorted(e.wall_time for e in acc.Scalars("train/loss_epoch"))
-    gaps = [b - a for a, b in zip(t, t[1:])]
-    return (statistics.median(gaps) if gaps else None), (t[-1] - t[0] if len(t) > 1 else None)
 
 
 def main() -> None:
@@ -83,7 +68,7 @@ def main() -> None:
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run(cmd, cwd=common.ROOT, check=True)
             table.setdefault(run, {})[e] = json.loads((out / "metrics.json").read_text())
-        per_epoch, span = epoch_times(run_dir)
+        per_epoch, span = common.epoch_times(run_dir)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().strip().replace("\n", " ")
         done = status.get("status") == "completed"
         state = (
