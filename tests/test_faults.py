@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from infocatvae.data import RAW_FILES, default_data_dir
-from tests.helpers import TINY, cli_env, run_entry
+from infocatvae.data import RAW_FILES
+from tests.helpers import DATA_DIR, TINY, cli_env, run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = default_data_dir()
+
 pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
 NO_TRAINING = ("Epoch 0", "Sanity Checking", "Trainer.fit")
@@ -176,7 +176,7 @@ def copy_data(tmp_path: Path) -> Path:
     raw = dst / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name, _ in RAW_FILES:
-        os.symlink(Path(DATA) / "MNIST" / "raw" / name, raw / name)
+        os.symlink(Path(DATA_DIR) / "MNIST" / "raw" / name, raw / name)
     return raw
 
 

@@ -11,8 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infocatvae.config import CONFIG_DIR
-from infocatvae.data import default_data_dir
-from tests.helpers import TINY
+from tests.helpers import DATA_DIR, TINY
 
 pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
@@ -23,7 +22,7 @@ def run(out: Path, epochs: int, seed: int = 0) -> dict:
         f"trainer.max_epochs={epochs}",
         f"seed={seed}",
         f"paths.output_dir={out}",
-        f"paths.data_dir={default_data_dir()}",
+        f"paths.data_dir={DATA_DIR}",
     ]
     from infocatvae.train import train
 
