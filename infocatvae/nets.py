@@ -30,19 +30,24 @@ class Dropout(nn.Dropout):
 
 
 class MLPEncoder(nn.Module):
-    """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU."""
+    """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU (``layers = 1``); ``layers`` such blocks
+    of width ``hidden`` (public reimplementations of the clustering AAE use two)."""
 
-    def __init__(self, hidden: int, dropout: float, in_dim: int = 784) -> None:
+    def __init__(self, hidden: int, dropout: float, layers: int, in_dim: int = 784) -> None:
         super().__init__()
         self.out_dim = hidden
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), Dropout(dropout), nn.ReLU())
+        mods: list[nn.Module] = [nn.Flatten()]
+        for i in range(layers):
+            mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), Dropout(dropout), nn.ReLU()]
+        self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class MLPDecoder(nn.Module):
-    """Table 2, right column: FC d→400 + Dropout(0.25) + ReLU, FC 400→784 + Dropout(0.25) + Sigmoid.
+    """Table 2, right column: FC d→400 + Dropout(0.25) + ReLU, FC 400→784 + Dropout(0.25) + Sigmoid
+    (``layers = 1``: the number of FC + Dropout + ReLU blocks before the output layer).
 
     Returns the logits, before the sigmoid; ``output_dropout`` is the dropout on them (the
     paper's 0.25; the authors' public code has none)."""
@@ -53,16 +58,14 @@ class MLPDecoder(nn.Module):
         hidden: int,
         dropout: float,
         output_dropout: float,
+        layers: int,
         out_dim: int = 784,
     ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden),
-            Dropout(dropout),
-            nn.ReLU(),
-            nn.Linear(hidden, out_dim),
-            Dropout(output_dropout),
-        )
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [nn.Linear(latent_dim if i == 0 else hidden, hidden), Dropout(dropout), nn.ReLU()]
+        self.net = nn.Sequential(*mods, nn.Linear(hidden, out_dim), Dropout(output_dropout))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -136,10 +139,16 @@ class CategoricalHeads(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """MLP discriminator on codes for the adversarial autoencoder: returns one logit per code."""
+    """MLP discriminator on codes for the adversarial autoencoder: returns one logit per code.
 
-    def __init__(self, in_dim: int, hidden: int, layers: int) -> None:
+    ``noise`` > 0 adds Gaussian noise of that standard deviation to every code it reads in training
+    (instance noise, as in the public reimplementation of the clustering AAE by musyoku, std 0.3): an
+    exact one-hot draw and a saturated softmax then overlap, so the encoder is not pushed to saturate
+    y to pass for a prior draw. None at evaluation."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, noise: float) -> None:
         super().__init__()
+        self.noise = noise
         mods: list[nn.Module] = []
         width = in_dim
         for _ in range(layers):
@@ -149,4 +158,6 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.training and self.noise > 0:
+            z = z + self.noise * torch.randn_like(z)
         return self.net(z).squeeze(-1)

@@ -87,15 +87,18 @@ RULES: dict[str, Rule] = {
     "model.d": integer(1),
     "model.disc_hidden": integer(1),
     "model.disc_layers": integer(0),
+    "model.disc_noise": number(0),
     "model.optimizer.lr": number(0, above=True),
     "model.gen_optimizer.lr": number(0, above=True),
     "model.disc_optimizer.lr": number(0, above=True),
     # conf/net/*.yaml
     "model.net.encoder.hidden": integer(1),
     "model.net.encoder.dropout": probability(),
+    "model.net.encoder.layers": integer(1),
     "model.net.decoder.hidden": integer(1),
     "model.net.decoder.dropout": probability(),
     "model.net.decoder.output_dropout": probability(),
+    "model.net.decoder.layers": integer(1),
     # conf/data/*.yaml
     "data.name": one_of(DATASETS),
     "data.batch_size": integer(1),

@@ -45,3 +45,42 @@ def test_cpu_dropout_of_bf16_activations_scales_in_float32():
     kept = out != 0
     assert out.dtype == torch.float32
     torch.testing.assert_close(out[kept], x[kept].float() * (4 / 3))
+
+
+def test_mlp_layers_stack_hidden_blocks_and_one_layer_keeps_table_2s_parameter_names():
+    from infocatvae.nets import MLPDecoder, MLPEncoder
+
+    one = MLPEncoder(hidden=400, dropout=0.25, layers=1)
+    assert [k for k in one.state_dict()] == ["net.1.weight", "net.1.bias"]  # the names older checkpoints hold
+    two = MLPEncoder(hidden=50, dropout=0.0, layers=2)
+    linears = [m for m in two.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 50), (50, 50)]
+    assert two(torch.rand(3, 1, 28, 28)).shape == (3, 50)
+    dec = MLPDecoder(latent_dim=7, hidden=30, dropout=0.0, output_dropout=0.0, layers=3).eval()
+    linears = [m for m in dec.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(7, 30), (30, 30), (30, 30), (30, 784)]
+    # the hidden blocks are ReLU layers: the output is an affine map of non-negative features
+    h = dec.net[:-2](torch.randn(4, 7))
+    assert (h >= 0).all() and dec(torch.randn(4, 7)).shape == (4, 784)
+
+
+def test_discriminator_noise_perturbs_its_input_in_training_only():
+    from infocatvae.nets import Discriminator
+
+    torch.manual_seed(0)
+    clean = Discriminator(in_dim=5, hidden=16, layers=2, noise=0.0)
+    noisy = Discriminator(in_dim=5, hidden=16, layers=2, noise=0.3)
+    noisy.load_state_dict(clean.state_dict())
+    x = torch.randn(4096, 5)
+    assert torch.equal(clean.train()(x), clean(x))  # no noise: deterministic in training
+    assert torch.equal(noisy.eval()(x), clean(x))  # evaluation: no noise
+    noisy.train()
+    out1, out2 = noisy(x), noisy(x)
+    assert not torch.equal(out1, out2)
+    # a linear discriminator (no hidden layer) reads x + e, e ~ N(0, 0.3² I): its output moves by w·e,
+    # whose standard deviation is 0.3 |w|
+    lin = Discriminator(in_dim=5, hidden=16, layers=0, noise=0.3).train()
+    w = lin.net[0].weight.detach().squeeze(0)
+    shift = lin(x) - lin.eval()(x)
+    assert abs(shift.std().item() / (0.3 * w.norm().item()) - 1) < 0.05
+    assert abs(shift.mean().item()) < 0.05 * 0.3 * w.norm().item() * 3

@@ -40,6 +40,7 @@ class AAE(BaseModel):
         d: int,
         disc_hidden: int,
         disc_layers: int,
+        disc_noise: float,
         likelihood: str,
         gen_optimizer: Mapping | None,
         disc_optimizer: Mapping | None,
@@ -52,8 +53,8 @@ class AAE(BaseModel):
         self.d = d
         self.to_z = nn.Linear(self.encoder.out_dim, d)
         self.to_y = nn.Linear(self.encoder.out_dim, K) if K > 1 else None
-        self.disc_z = Discriminator(d, disc_hidden, disc_layers)
-        self.disc_y = Discriminator(K, disc_hidden, disc_layers) if K > 1 else None
+        self.disc_z = Discriminator(d, disc_hidden, disc_layers, disc_noise)
+        self.disc_y = Discriminator(K, disc_hidden, disc_layers, disc_noise) if K > 1 else None
 
     # ---- codes -----------------------------------------------------------------------------
     def _logits_codes(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
