@@ -35,6 +35,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "catvae": ("CatVAE, paper's settings", ["model=catvae"]),
     "catvae_free": ("free-prior CatVAE, paper's settings", ["model=catvae_free"]),
     "aae_k10": ("AAE, `model=aae model.K=10` (defaults)", ["model=aae", "model.K=10"]),
+    "aae_noise_k10": (
+        "AAE, K = 10, Makhzani et al.'s objective alone: instance noise 0.3, no β_marginal",
+        ["experiment=clustering_mnist", "model.disc_noise=0.3", "model.beta_marginal=0"],
+    ),
     "aae_clustering_k16": ("AAE, `experiment=aae_clustering` (K = 16)", ["experiment=aae_clustering"]),
     "aae_clustering_k30": ("AAE, `experiment=aae_clustering model.K=30`", ["experiment=aae_clustering", "model.K=30"]),
     "clustering_fashion": (
