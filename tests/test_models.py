@@ -334,6 +334,37 @@ def test_aae_marginal_term_in_the_regularisation_phase(images, tmp_path):
     assert build("model=aae model.K=1", tmp_path).eval().generator_loss(x)[1] is None
 
 
+def test_aae_instance_noise_blurs_both_discriminators_inputs_in_training(images, tmp_path):
+    """model.disc_noise reaches both discriminators: in training the regularisation and discrimination
+    losses of the same weights and batch then vary with the noise draw; in eval they are those of
+    disc_noise 0."""
+    x = batch(images, False)
+    torch.manual_seed(0)
+    noisy = build("model=aae model.K=10 model.disc_noise=0.3 model.net.encoder.dropout=0", tmp_path)
+    clean = build("model=aae model.K=10 model.disc_noise=0 model.net.encoder.dropout=0", tmp_path)
+    clean.load_state_dict(noisy.state_dict())
+    assert noisy.disc_y.noise == noisy.disc_z.noise == 0.3 and clean.disc_y.noise == 0
+    noisy.eval(), clean.eval()
+    torch.manual_seed(1)
+    noisy_eval = noisy.discriminator_loss(x)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(noisy_eval, clean.discriminator_loss(x)[0])
+    noisy.train(), clean.train()
+    torch.manual_seed(1)
+    a = clean.discriminator_loss(x)[0]
+    torch.manual_seed(1)
+    b = clean.discriminator_loss(x)[0]
+    torch.testing.assert_close(a, b)  # without noise, training mode is deterministic here (prior draws seeded)
+    torch.manual_seed(1)
+    c = noisy.discriminator_loss(x)[0]
+    assert not torch.allclose(a, c)
+    torch.manual_seed(1)
+    g1 = noisy.generator_loss(x)[0]
+    torch.manual_seed(2)
+    g2 = noisy.generator_loss(x)[0]
+    assert not torch.allclose(g1, g2)
+
+
 def test_kl_warmup_factor_follows_the_trainers_epoch_or_step(images, tmp_path):
     """min(1, epoch / W) or min(1, step / S) on training steps; 1 with no trainer, outside training
     (validation), and with no warm-up set. The factor multiplies beta_cat and beta_cont only."""
