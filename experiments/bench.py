@@ -13,6 +13,11 @@ GPU), written in the ``machine`` record with the CPU's bf16 flags.
   optimiser step in a bare PyTorch loop over in-memory tensors, same batch size, same process;
   ``data_share`` is the time to fetch and scale a batch through the data module over the time of a
   Lightning step.
+- ``{"record": "overhead", "lightning_us_per_optimizer_step", "raw_us_per_optimizer_step", ...}``: what Lightning
+  adds to one optimiser step of manual optimisation (``manual_backward`` + the ``LightningOptimizer``'s step,
+  with the real config's callbacks) against ``loss.backward()`` + the torch optimiser's own step, on a model
+  too small to cost anything itself (medians over ``steps`` batches of 3 steps each, same trainer, alternated):
+  the AAE pays it three times a batch, the CatVAE family once (through automatic optimisation).
 - ``{"record": "kde", ...}``: ``kde_score_samples`` (median of 10 calls) against scikit-learn's
   KernelDensity, both with its defaults (``kde_speedup_vs_sklearn``; inexact in 784-D) and with a single
   leaf, its one exact setting (``..._sklearn_exact``): time ratios and largest differences relative to
@@ -399,6 +404,72 @@ def bench_training(
                     "peak_fraction": round(flops * light / peak, 3),
                 }
             )
+
+
+def bench_overhead(device_name: str, data_dir: str, steps: int = 400) -> None:
+    """The ``overhead`` record: Lightning's cost per optimiser step under manual optimisation (module docstring)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    times: dict[str, list[float]] = {"lightning": [], "raw": []}
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+            self.automatic_optimization = False
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.lin.parameters(), lr=1e-3)
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            kinds = ("lightning", "raw") if batch_idx % 2 else ("raw", "lightning")
+            for kind in kinds:
+                sync(self.device)
+                t = time.perf_counter()
+                for _ in range(3):
+                    loss = self.lin(batch[0]).mean()
+                    opt.zero_grad(set_to_none=True)
+                    if kind == "lightning":
+                        self.manual_backward(loss)
+                        opt.step()
+                    else:
+                        loss.backward()
+                        opt.optimizer.step()
+                sync(self.device)
+                times[kind].append((time.perf_counter() - t) / 3)
+            return {"loss": loss.detach()}
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_cfg("aae", "mlp", out, data_dir, device_name)
+        callbacks = instantiate_all(
+            {k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")}
+        )
+        trainer = L.Trainer(
+            accelerator=device.type,
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            limit_val_batches=0,
+        )
+        loader = DataLoader(TensorDataset(torch.randn(8 * steps, 4)), batch_size=8)
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(Tiny(), loader)
+    light, raw = (statistics.median(times[k][steps // 10 :]) * 1e6 for k in ("lightning", "raw"))
+    emit(
+        {
+            "record": "overhead",
+            "device": str(device),
+            "callbacks": [type(c).__name__ for c in callbacks],
+            "lightning_us_per_optimizer_step": round(light, 1),
+            "raw_us_per_optimizer_step": round(raw, 1),
+            "added_us_per_optimizer_step": round(light - raw, 1),
+        }
+    )
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -821,7 +892,10 @@ def main() -> None:
     parser.add_argument("--kde-samples", type=int, default=2000)
     parser.add_argument("--no-protocol", action="store_true", help="skip the full Table 1 density protocol")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["baseline", "train", "profile", "compile", "sweep", "kde"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["baseline", "train", "overhead", "profile", "compile", "sweep", "kde"],
     )
     parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed local and sequential sweeps")
     parser.add_argument("--sweep-steps", type=int, default=60, help="training batches of each sweep job")
@@ -868,6 +942,8 @@ def main() -> None:
         bench_training(
             args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds, precision
         )
+    if "overhead" not in args.skip:
+        bench_overhead(args.device, data_dir)
     if "profile" not in args.skip:
         bench_profile(data_dir, args.device, args.profile_steps, precision)
     if "compile" not in args.skip:

@@ -269,3 +269,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, good_run):
     assert (last.stat().st_mtime_ns, last.read_bytes()) == before, "last.ckpt was overwritten after the NaN"
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_finite_loss_guard_names_the_first_bad_term_and_step(every, tmp_path):
+    """The guard's CPU path (checked every step) and its deferred path (recorded on the device, read every
+    ``every`` steps) stop at the same first bad step and term; outputs without tensors are skipped."""
+    from types import SimpleNamespace
+
+    from infocatvae.callbacks import FiniteLossGuard, NonFiniteLossError
+
+    guard = FiniteLossGuard(check_every_n_steps=every)
+    trainer = SimpleNamespace(global_step=0, current_epoch=2, default_root_dir=str(tmp_path))
+    guard.on_train_batch_end(trainer, None, {}, None, 0)  # a training_step that returned nothing
+    good = {"loss": torch.tensor(1.0), "recon": torch.tensor(0.5), "n": 3}
+    bad = {"loss": torch.tensor(float("inf")), "recon": torch.tensor(float("nan")), "n": 3}
+    later_bad = {"loss": torch.tensor(1.0), "recon": torch.tensor(float("nan")), "n": 3}
+    raised = None
+    for batch_idx, out in enumerate([good, good, bad, later_bad, good, good]):
+        trainer.global_step = batch_idx + 1
+        try:
+            guard.on_train_batch_end(trainer, None, out, None, batch_idx)
+        except NonFiniteLossError as err:
+            raised = (batch_idx, str(err))
+            break
+    assert raised is not None
+    # raised at the bad batch (every step) or at the next multiple of `every`, naming the FIRST bad one
+    assert raised[0] == (2 if every == 1 else 3)
+    assert "loss term 'loss' became non-finite at epoch 2, batch 2 (optimiser step 3)" in raised[1]
