@@ -77,6 +77,9 @@ def test_bad_training_values_name_field_rule_and_value(override, message):
         ("catvae_free", "model.prior_init=zeros", "model.prior_init must be one of ['block', 'random']"),
         ("aae", "model.d=0", "model.d must be an integer >= 1"),
         ("aae", "model.disc_layers=-1", "model.disc_layers must be an integer >= 0"),
+        ("aae", "model.disc_noise=-0.1", "model.disc_noise must be a number >= 0, got -0.1"),
+        ("aae", "model.net.encoder.layers=0", "model.net.encoder.layers must be an integer >= 1, got 0"),
+        ("catvae", "model.net.decoder.layers=1.5", "model.net.decoder.layers must be an integer >= 1, got 1.5"),
         (
             "aae",
             "model.gen_optimizer={_target_:torch.optim.SGD,_partial_:true,lr:-1}",
