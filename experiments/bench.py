@@ -96,6 +96,11 @@ def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str, 
     return cfg
 
 
+def timed_callbacks(cfg) -> list:
+    """The config's callbacks as a timed training runs them: all but the two checkpoint writers (no files)."""
+    return instantiate_all({k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")})
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -198,9 +203,7 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
     same for Lightning's steady steps alone; the epoch's fixed cost; the data module."""
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
-    callbacks = instantiate_all(
-        {k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")}
-    )
+    callbacks = timed_callbacks(cfg)
     bare_model = hydra.utils.instantiate(cfg.model)
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
@@ -443,9 +446,7 @@ def bench_overhead(device_name: str, data_dir: str, steps: int = 400) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_cfg("aae", "mlp", out, data_dir, device_name)
-        callbacks = instantiate_all(
-            {k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")}
-        )
+        callbacks = timed_callbacks(cfg)
         trainer = L.Trainer(
             accelerator=device.type,
             devices=1,

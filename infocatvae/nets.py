@@ -29,6 +29,14 @@ class Dropout(nn.Dropout):
         return x * torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1 / (1 - self.p))
 
 
+def _hidden_blocks(in_dim: int, hidden: int, dropout: float, layers: int) -> list[nn.Module]:
+    """``layers`` blocks FC + Dropout + ReLU of width ``hidden``, the first reading ``in_dim`` (Table 2's MLPs)."""
+    blocks: list[nn.Module] = []
+    for i in range(layers):
+        blocks += [nn.Linear(in_dim if i == 0 else hidden, hidden), Dropout(dropout), nn.ReLU()]
+    return blocks
+
+
 class MLPEncoder(nn.Module):
     """Table 2, left column: FC 784→400 + Dropout(0.25) + ReLU (``layers = 1``); ``layers`` such blocks
     of width ``hidden`` (public reimplementations of the clustering AAE use two)."""
@@ -36,10 +44,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, hidden: int, dropout: float, layers: int, in_dim: int = 784) -> None:
         super().__init__()
         self.out_dim = hidden
-        mods: list[nn.Module] = [nn.Flatten()]
-        for i in range(layers):
-            mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), Dropout(dropout), nn.ReLU()]
-        self.net = nn.Sequential(*mods)
+        self.net = nn.Sequential(nn.Flatten(), *_hidden_blocks(in_dim, hidden, dropout, layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -62,10 +67,9 @@ class MLPDecoder(nn.Module):
         out_dim: int = 784,
     ) -> None:
         super().__init__()
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods += [nn.Linear(latent_dim if i == 0 else hidden, hidden), Dropout(dropout), nn.ReLU()]
-        self.net = nn.Sequential(*mods, nn.Linear(hidden, out_dim), Dropout(output_dropout))
+        self.net = nn.Sequential(
+            *_hidden_blocks(latent_dim, hidden, dropout, layers), nn.Linear(hidden, out_dim), Dropout(output_dropout)
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
