@@ -1,4 +1,4 @@
-"""The networks' own pieces: the CPU dropout drawn from uniform numbers against ``nn.Dropout``."""
+"""The networks' own pieces: the CPU dropout drawn from random bits against ``nn.Dropout``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 from infocatvae.nets import Dropout
 
 
-@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.3, 0.5])  # 0.25 and 0.5 read bytes, 0.1 and 0.3 32-bit words
 def test_cpu_dropout_has_nn_dropouts_distribution_and_gradient(p):
     torch.manual_seed(0)
     x = (torch.rand(512, 784) + 0.5).requires_grad_()
@@ -28,6 +28,40 @@ def test_cpu_dropout_has_nn_dropouts_distribution_and_gradient(p):
     a = drop(x)
     torch.manual_seed(1)
     assert torch.equal(a, drop(x))
+
+
+@pytest.mark.parametrize("p", [0.25, 0.3])
+def test_keep_masks_are_independent_between_neighbours_and_any_size(p):
+    """Neighbouring elements read neighbouring bytes (or words) of one random word: each pair of neighbours is
+    kept together with probability (1 − p)², and a size that is not a multiple of 8 is drawn whole."""
+    from infocatvae.nets import keep_mask
+
+    torch.manual_seed(0)
+    m = keep_mask((1001, 803), p)  # 803,803 elements: not a multiple of 8
+    assert m.shape == (1001, 803) and m.dtype == torch.bool
+    flat = m.flatten().float()
+    n = flat.numel()
+    assert abs(flat.mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5
+    both = (flat[1:] * flat[:-1]).mean().item()  # adjacent pairs overlap: a loose bound of 6 sd
+    assert abs(both - (1 - p) ** 2) < 6 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / (n - 1)) ** 0.5
+    # every position within a 64-bit word keeps the same share (a byte or word of fixed bits would not)
+    per_position = flat[: n // 8 * 8].view(-1, 8).mean(0)
+    assert (per_position - (1 - p)).abs().max().item() < 5 * (p * (1 - p) / (n // 8)) ** 0.5
+
+
+def test_cpu_dropout_under_torch_compile_traces_whole_and_drops_p():
+    """Under ``torch.compile`` the mask comes from uniform numbers (dynamo cannot trace ``random_``): one graph,
+    no break, the same distribution and scaling."""
+    torch._dynamo.reset()
+    drop = Dropout(0.25).train()
+    explained = torch._dynamo.explain(drop)(torch.rand(8, 8))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch.manual_seed(0)
+    x = torch.rand(512, 784) + 0.5
+    out = torch.compile(drop)(x)
+    kept = out != 0
+    assert abs(1 - kept.float().mean().item() - 0.25) < 4 * (0.25 * 0.75 / x.numel()) ** 0.5
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
 
 
 def test_cpu_dropout_is_the_identity_in_eval_and_at_p0_and_zero_at_p1():
