@@ -6,7 +6,8 @@ GPU), written in the ``machine`` record with the CPU's bf16 flags.
 
 - ``{"record": "baseline", "baseline_img_per_s", "today_fp32_img_per_s", "today_img_per_s", "speedup_..."}``:
   InfoCatVAE-MLP's bare step as it was when the speed issue was filed (sigmoid + ``binary_cross_entropy``,
-  torch's ``nn.Dropout``, float32), today's step in float32, and today's at ``--precision``, alternated.
+  torch's ``nn.Dropout``, torch's default Adam, float32), today's step in float32, and today's at
+  ``--precision``, alternated.
 - ``{"record": "train", "model", "net", "device", "batch_size", "bare_img_per_s", "lightning_img_per_s",
   "train_ratio_lightning_vs_bare", "data_share"}``: a Lightning training epoch (the real config's
   callbacks and TensorBoard logger, no validation) against the same model's ``losses`` and
@@ -299,9 +300,9 @@ def sigmoid_bce_reconstruction(logits, x, likelihood="bernoulli", step_size=28):
 
 def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, precision: str) -> None:
     """InfoCatVAE-MLP in the bare loop, alternated ``rounds`` times: ``baseline`` (the step when the speed issue
-    was filed: sigmoid + ``binary_cross_entropy``, torch's ``nn.Dropout``, float32), ``today_fp32`` (today's
-    step in float32) and ``today`` (today's step at ``precision``, what ``trainer=cpu`` or ``trainer=gpu``
-    runs); speed-ups are medians of the per-round ratios against the baseline."""
+    was filed: sigmoid + ``binary_cross_entropy``, torch's ``nn.Dropout``, torch's default Adam, float32),
+    ``today_fp32`` (today's step in float32) and ``today`` (today's step at ``precision``, what ``trainer=cpu``
+    or ``trainer=gpu`` runs); speed-ups are medians of the per-round ratios against the baseline."""
     from torch import nn
 
     from infocatvae import losses, nets
@@ -319,6 +320,8 @@ def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, pre
         for module in models["baseline"].modules():
             if isinstance(module, nets.Dropout):  # the baseline's masks come from torch's bernoulli_
                 module.__class__ = nn.Dropout
+        # and its Adam is torch's default (per tensor on the CPU), not the fused one of conf/model
+        models["baseline"].optimizer_cfg = {**models["baseline"].optimizer_cfg, "fused": None}
         rates: dict[str, list[float]] = {name: [] for name in variants}
         try:
             for _ in range(rounds + 1):  # the first round warms up
