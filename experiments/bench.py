@@ -133,7 +133,7 @@ def bare_throughput(
     idx = torch.randperm(len(x_all), device=x_all.device)
 
     def step(i: int) -> None:
-        x = x_all[idx[i * batch_size : (i + 1) * batch_size]]
+        x = x_all.index_select(0, idx[i * batch_size : (i + 1) * batch_size])  # as the data module gathers
         if len(opts) == 3:  # the AAE's three phases (models/aae.py)
             for opt, loss in (
                 (opts[0], model.recon_loss),

@@ -2,7 +2,7 @@
 
 The IDX files are read once, through torchvision's datasets, into uint8 tensors
 held in memory (47 MB for the 60K training images). Batches are gathered by
-tensor indexing and scaled to [0, 1] after they reach the device: no per-sample
+one ``index_select`` per batch and scaled to [0, 1] after they reach the device: no per-sample
 PIL transform or collate in the training loop. With ``on_device: true`` and a
 GPU trainer, the whole dataset is moved to the GPU once in ``setup``.
 """
@@ -117,8 +117,8 @@ def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.T
 
 
 class _InMemory(Dataset):
-    """Images and labels held as tensors; ``__getitems__`` lets the DataLoader gather a whole batch
-    with one indexing call instead of collating per-sample tuples."""
+    """Images and labels held as tensors. An item is a whole batch: a tensor of indices (from
+    ``_BatchIndices``) gathers its images and labels with one ``index_select`` each."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
@@ -126,14 +126,34 @@ class _InMemory(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
-        return self.images[i], self.labels[i]
-
-    def __getitems__(self, idx: list[int]):
-        idx_t = torch.as_tensor(idx)
+    def __getitem__(self, idx: int | torch.Tensor):
+        if isinstance(idx, int):
+            return self.images[idx], self.labels[idx]
         if self.images.is_cuda:  # a pinned, asynchronous copy: a pageable one would wait for the GPU
-            idx_t = idx_t.pin_memory().to(self.images.device, non_blocking=True)
-        return self.images[idx_t], self.labels[idx_t]
+            idx = idx.pin_memory().to(self.images.device, non_blocking=True)
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+class _BatchIndices(DistributedSampler):
+    """This process's share of the data in ``DistributedSampler``'s order, cut into batches of ``batch_size``
+    indices, each one tensor (the last one shorter): the DataLoader (``batch_size=None``) hands each to
+    ``_InMemory``. Written here because torch's ``BatchSampler`` builds each batch as a list of Python ints,
+    which the dataset then turns back into a tensor and gathers with advanced indexing: 0.3 ms a batch on
+    2 CPU cores against 0.01 ms for ``index_select`` of a tensor slice. A ``DistributedSampler``, so Lightning
+    sets its epoch and leaves it in place under DDP."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        # A generator, so the order is drawn at the first batch, as torch's BatchSampler does: Lightning may
+        # create the loader's iterator before it sets the epoch (then a resumed run would see another order).
+        order = torch.tensor(list(super().__iter__()), dtype=torch.long)
+        yield from order.split(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
 
 
 def _keep_batch(batch):
@@ -202,15 +222,15 @@ class MNISTDataModule(L.LightningDataModule):
         # A DistributedSampler also for one process: its permutation depends only on
         # (shuffle_seed, epoch), which Lightning sets each epoch, so a resumed run
         # sees the same batches as an uninterrupted one.
-        sampler = DistributedSampler(
-            ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed, drop_last=False
+        batches = _BatchIndices(
+            ds, batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed, drop_last=False
         )
         # Its own generator: creating an iterator otherwise draws a base seed from torch's global RNG,
         # at a point that differs between an uninterrupted and a resumed run (see callbacks.EpochSeed).
         return DataLoader(
             ds,
-            batch_size=batch_size,
-            sampler=sampler,
+            batch_size=None,  # each item of the sampler is a batch
+            sampler=batches,
             collate_fn=_keep_batch,
             num_workers=0,
             pin_memory=False,

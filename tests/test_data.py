@@ -51,6 +51,32 @@ def test_shuffle_depends_only_on_seed_and_epoch(data_dir):
     assert not torch.equal(next(iter(loader))[1], first[0])
 
 
+def test_batches_follow_the_distributed_samplers_order_one_tensor_each(data_dir):
+    """The training loader's batches are ``DistributedSampler``'s order for this process (seed, epoch), cut into
+    ``batch_size`` consecutive indices, the last one shorter: the batches of torch's own BatchSampler."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    dm = make_datamodule("data.batch_size=1000", "seed=3")
+    dm.setup()
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 55 and [len(b[1]) for b in batches[-2:]] == [1000, 55000 - 54 * 1000]
+    ref = DistributedSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=dm.shuffle_seed)
+    ref.set_epoch(2)
+    order = torch.tensor(list(ref))
+    assert torch.equal(torch.cat([b[1] for b in batches]), dm.train_set.labels[order])
+    assert torch.equal(batches[7][0], dm.train_set.images[order[7000:8000]])
+    # the two processes of a DDP job: disjoint halves of the same permutation
+    from infocatvae.data import _BatchIndices
+
+    ranks = [_BatchIndices(dm.train_set, 1000, num_replicas=2, rank=r, seed=dm.shuffle_seed) for r in (0, 1)]
+    halves = [torch.cat(list(b)) for b in ranks]
+    assert [len(b) for b in ranks] == [28, 28] and [len(h) for h in halves] == [27500, 27500]
+    assert set(halves[0].tolist()).isdisjoint(halves[1].tolist())
+    assert sorted(torch.cat(halves).tolist()) == list(range(55000))
+
+
 def test_missing_files_without_network_name_folder_and_files(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")
