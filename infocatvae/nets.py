@@ -39,7 +39,8 @@ class Dropout(nn.Dropout):
             keep = torch.rand_like(x, dtype=torch.float32) >= self.p
         else:
             keep = keep_mask(x.shape, self.p)
-        return x * keep.to(torch.float32).mul_(1 / (1 - self.p))
+        # through uint8: torch's CPU cast from bool to float32 is scalar code, from uint8 vectorised (6 times faster)
+        return x * keep.view(torch.uint8).to(torch.float32).mul_(1 / (1 - self.p))
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
