@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infocatvae.data import DataError, check_raw_files, ensure_dataset
+from infocatvae.data import DataError, _BatchIndices, check_raw_files, ensure_dataset
 from tests.helpers import make_datamodule
 
 
@@ -68,8 +68,6 @@ def test_batches_follow_the_distributed_samplers_order_one_tensor_each(data_dir)
     assert torch.equal(torch.cat([b[1] for b in batches]), dm.train_set.labels[order])
     assert torch.equal(batches[7][0], dm.train_set.images[order[7000:8000]])
     # the two processes of a DDP job: disjoint halves of the same permutation
-    from infocatvae.data import _BatchIndices
-
     ranks = [_BatchIndices(dm.train_set, 1000, num_replicas=2, rank=r, seed=dm.shuffle_seed) for r in (0, 1)]
     halves = [torch.cat(list(b)) for b in ranks]
     assert [len(b) for b in ranks] == [28, 28] and [len(h) for h in halves] == [27500, 27500]
