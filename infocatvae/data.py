@@ -1,8 +1,8 @@
 """MNIST and FashionMNIST as LightningDataModules, static (B, 1, 28, 28) or row-sequential (B, 28, 28).
 
 The IDX files are read once, through torchvision's datasets, into uint8 tensors
-held in memory (47 MB for the 60K training images). Batches are gathered by
-one ``index_select`` per batch and scaled to [0, 1] after they reach the device: no per-sample
+held in memory (47 MB for the 60K training images). Each batch is gathered by one
+``index_select`` and scaled to [0, 1] after it reaches the device: no per-sample
 PIL transform or collate in the training loop. With ``on_device: true`` and a
 GPU trainer, the whole dataset is moved to the GPU once in ``setup``.
 """
