@@ -68,7 +68,7 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
-from infocatvae.hardware import bf16_flags, cpu_model, cpu_precision
+from infocatvae.hardware import bf16_flags, cpu_model, cpu_precision, skip_nvml_check_without_driver
 from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -458,6 +458,7 @@ def bench_overhead(device_name: str, data_dir: str, steps: int = 400) -> None:
             enable_checkpointing=False,
             enable_model_summary=False,
             callbacks=callbacks,
+            profiler=hydra.utils.instantiate(cfg.trainer.profiler),
             limit_val_batches=0,
         )
         loader = DataLoader(TensorDataset(torch.randn(8 * steps, 4)), batch_size=8)
@@ -925,6 +926,7 @@ def main() -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data_dir = default_data_dir()
+    nvml_skipped = skip_nvml_check_without_driver()  # as infocatvae.train does: every timed step runs without it
     emit(
         {
             "record": "machine",
@@ -936,6 +938,7 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "cpu_bf16_flags": bf16_flags(),
             "precision": precision,
+            "nvml_check_skipped": nvml_skipped,
         }
     )
     if args.baseline or "baseline" not in args.skip:

@@ -1,5 +1,6 @@
 """What this machine's CPU can do, read once: its instruction-set flags, whether it computes bf16
-natively, and the training precision ``trainer=cpu`` picks from that (the ``cpu_precision`` resolver).
+natively, and the training precision ``trainer=cpu`` picks from that (the ``cpu_precision`` resolver);
+and whether it has an NVIDIA driver at all (``skip_nvml_check_without_driver``).
 
 bf16 autocast on a CPU without AMX or AVX512_BF16 is emulated (converted to float32 for each
 product) and runs slower than float32, so bf16 is chosen only where the CPU reports one of them.
@@ -8,7 +9,9 @@ Measured in ``experiments/results/bench.md``.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -56,6 +59,31 @@ def native_bf16(flags: frozenset[str] | None = None) -> bool:
 def cpu_precision() -> str:
     """``bf16-mixed`` on a CPU with native bf16, else ``32-true``: what ``conf/trainer/cpu.yaml`` resolves to."""
     return "bf16-mixed" if native_bf16() else "32-true"
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def skip_nvml_check_without_driver() -> bool:
+    """Stop torch from looking for NVML in every optimiser step where there is no NVIDIA driver; True if it did.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, and torch's optimisers call
+    ``torch.cuda.is_available()`` in every ``step``. With that variable, and before CUDA is initialised (a
+    CPU run), each call tries to load ``libnvidia-ml.so.1``; without a driver the load fails every time and
+    torch falls back to ``cudaGetDeviceCount``, which answers at once. On a CUDA build of torch (the default
+    wheels) without a driver that is about 0.45 ms an optimiser step on the 2-core AMD EPYC: 6 % of an AAE
+    step, three a batch (``experiments/results/bench.md``). The library is part of the driver, so where
+    it cannot load, no GPU can run, the variable's purpose (not initialising CUDA before a fork) has
+    nothing to protect, and torch's answer is the same without it: it is set to 0. Left alone where the
+    library loads or the variable is not 1."""
+    if os.environ.get(NVML_CHECK) != "1":
+        return False
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        os.environ[NVML_CHECK] = "0"
+        return True
+    return False
 
 
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)

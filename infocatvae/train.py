@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from infocatvae import validation
+from infocatvae import hardware, validation
 from infocatvae.callbacks import EpochSeed
 from infocatvae.checkpoints import AtomicCheckpointIO, resolve_checkpoint
 from infocatvae.config import CONFIG_DIR, instantiate_all
@@ -104,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A job writes only in its own folder, which it owns while it runs; a ckpt_path of another run is only read.
     run_dir = Path(cfg.paths.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
+    hardware.skip_nvml_check_without_driver()
     check_output_dir(run_dir)
     with RunLock(run_dir):
         return _train_locked(cfg, run_dir)

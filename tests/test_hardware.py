@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
 
 import pytest
+import torch
 
 from infocatvae import hardware
 from tests.helpers import make_cfg
@@ -48,3 +51,49 @@ def test_trainer_cpu_picks_bf16_only_where_the_cpu_has_it(native, precision, tmp
     # the other presets and an explicit value are left alone
     assert make_cfg(["trainer=default"], tmp_path).trainer.precision == "32-true"
     assert make_cfg(["trainer=cpu", "trainer.precision=32-true"], tmp_path).trainer.precision == "32-true"
+
+
+def _no_driver(name):
+    raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+
+def test_nvml_check_is_skipped_only_where_the_driver_library_cannot_load(monkeypatch):
+    monkeypatch.setenv(hardware.NVML_CHECK, "1")  # as importing Lightning leaves it
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a machine with the driver: left alone
+    assert hardware.skip_nvml_check_without_driver() is False and os.environ[hardware.NVML_CHECK] == "1"
+    monkeypatch.setattr(ctypes, "CDLL", _no_driver)
+    available = torch.cuda.is_available()
+    assert hardware.skip_nvml_check_without_driver() is True and os.environ[hardware.NVML_CHECK] == "0"
+    assert torch.cuda.is_available() == available  # torch's answer does not change
+    monkeypatch.delenv(hardware.NVML_CHECK)  # set to nothing by the user: left alone
+    assert hardware.skip_nvml_check_without_driver() is False and hardware.NVML_CHECK not in os.environ
+
+
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="a CPU build of torch never looks for NVML")
+def test_without_the_nvml_check_an_optimiser_step_no_longer_looks_for_the_driver(monkeypatch):
+    """What the skip is for: torch's optimisers ask ``torch.cuda.is_available()`` in every step; with the check on
+    (and CUDA not initialised: a CPU run) each asks NVML, after the skip none does."""
+    import ctypes
+
+    import torch
+
+    if torch.cuda.is_initialized():  # then torch has cached its device count and asks nothing
+        pytest.skip("CUDA is initialised in this process")
+    loads = []
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: loads.append(1) or -1)  # NVML absent
+    monkeypatch.setattr(ctypes, "CDLL", _no_driver)
+    monkeypatch.setenv(hardware.NVML_CHECK, "1")
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], fused=True)
+
+    def steps(n: int) -> int:
+        loads.clear()
+        for _ in range(n):
+            opt.zero_grad()
+            (p**2).sum().backward()
+            opt.step()
+        return len(loads)
+
+    assert steps(3) >= 3
+    assert hardware.skip_nvml_check_without_driver()
+    assert steps(3) == 0

@@ -186,3 +186,37 @@ def test_configured_adam_is_fused_and_steps_as_torchs_default_adam(model, tmp_pa
     for (k, a), b in zip(fused.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
     assert not torch.equal(fused.decoder.state_dict()["net.3.weight"], start["decoder.net.3.weight"])
+
+
+def test_the_default_profiler_lets_every_hook_through_as_lightnings_pass_through(tmp_path):
+    """conf/trainer's ``NoProfiler`` saves Lightning's per-hook context manager and nothing else: a tiny AAE fit
+    (manual optimisation: three optimiser steps a batch) calls the same hooks of a callback, in the same order,
+    as with Lightning's own ``PassThroughProfiler``; a real profiler is still one override away."""
+    from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+
+    from infocatvae.profiler import NoProfiler
+
+    hooks = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+    hooks += ("on_train_batch_end", "on_validation_batch_end", "on_train_epoch_end")
+
+    class Recorder(L.Callback):
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            for name in hooks:
+                setattr(self, name, lambda *args, _name=name, **kwargs: self.calls.append(_name))
+
+    cfg = make_cfg([*TINY, "model=aae"], tmp_path)
+    assert isinstance(hydra.utils.instantiate(cfg.trainer.profiler), NoProfiler)
+    simple = hydra.utils.instantiate(make_cfg(["trainer.profiler=simple"], tmp_path).trainer)
+    assert isinstance(simple.profiler, SimpleProfiler)
+    calls = {}
+    for name, profiler in (("none", NoProfiler()), ("lightning", PassThroughProfiler())):
+        recorder = Recorder()
+        trainer = hydra.utils.instantiate(
+            cfg.trainer, profiler=profiler, callbacks=[recorder], logger=False, enable_checkpointing=False
+        )
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(hydra.utils.instantiate(cfg.model), datamodule=hydra.utils.instantiate(cfg.data))
+        calls[name] = recorder.calls
+    assert calls["none"] == calls["lightning"]
+    assert collections.Counter(calls["none"])["on_before_optimizer_step"] == 3 * cfg.trainer.limit_train_batches
