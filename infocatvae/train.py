@@ -104,7 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A job writes only in its own folder, which it owns while it runs; a ckpt_path of another run is only read.
     run_dir = Path(cfg.paths.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
-    hardware.skip_nvml_check_without_driver()
+    if hardware.skip_nvml_check_without_driver():
+        log.info("No NVIDIA driver library: torch's NVML check turned off (%s=0)", hardware.NVML_CHECK)
     check_output_dir(run_dir)
     with RunLock(run_dir):
         return _train_locked(cfg, run_dir)
