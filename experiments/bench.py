@@ -2,7 +2,8 @@
 
 Prints one JSON object per line. Every timed step runs at one precision (``--precision``; default: what
 ``trainer=cpu`` picks on this CPU, bf16-mixed where it has AMX or AVX512_BF16, else 32-true; bf16-mixed on a
-GPU), written in the ``machine`` record with the CPU's bf16 flags.
+GPU), written in the ``machine`` record with the CPU's bf16 flags and ``nvml_check_skipped`` (as in training, torch's
+NVML lookup in every optimiser step is turned off where no NVIDIA driver library loads: ``infocatvae.hardware``).
 
 - ``{"record": "baseline", "baseline_img_per_s", "today_fp32_img_per_s", "today_img_per_s", "speedup_..."}``:
   InfoCatVAE-MLP's bare step as it was when the speed issue was filed (sigmoid + ``binary_cross_entropy``,
@@ -16,9 +17,9 @@ GPU), written in the ``machine`` record with the CPU's bf16 flags.
   Lightning step.
 - ``{"record": "overhead", "lightning_us_per_optimizer_step", "raw_us_per_optimizer_step", ...}``: what Lightning
   adds to one optimiser step of manual optimisation (``manual_backward`` + the ``LightningOptimizer``'s step,
-  with the real config's callbacks) against ``loss.backward()`` + the torch optimiser's own step, on a model
-  too small to cost anything itself (medians over ``steps`` batches of 3 steps each, same trainer, alternated):
-  the AAE pays it three times a batch, the CatVAE family once (through automatic optimisation).
+  with the real config's callbacks and profiler) against ``loss.backward()`` + the torch optimiser's own step, on
+  a model too small to cost anything itself (medians over ``steps`` batches of 3 steps each, same trainer,
+  alternated): the AAE pays it three times a batch, the CatVAE family once (through automatic optimisation).
 - ``{"record": "kde", ...}``: ``kde_score_samples`` (median of 10 calls) against scikit-learn's
   KernelDensity, both with its defaults (``kde_speedup_vs_sklearn``; inexact in 784-D) and with a single
   leaf, its one exact setting (``..._sklearn_exact``): time ratios and largest differences relative to
