@@ -3,7 +3,7 @@
 Lightning wraps every hook it calls, and every callback's hook, in ``trainer.profiler.profile(name)``.
 Its default ``PassThroughProfiler`` inherits ``Profiler.profile``, a generator-based context manager
 that calls two empty methods: about 3 µs each time on a 2-core CPU, paid once per callback per hook
-(an AAE batch calls 14 callback hooks, each over every callback). ``NoProfiler`` returns one shared
+(an AAE batch calls 11 callback hooks, each over every callback). ``NoProfiler`` returns one shared
 ``nullcontext`` instead (``experiments/results/bench.md``). ``debug=profiler`` (or any
 ``trainer.profiler``) replaces it with a real profiler.
 """

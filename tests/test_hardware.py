@@ -73,10 +73,6 @@ def test_nvml_check_is_skipped_only_where_the_driver_library_cannot_load(monkeyp
 def test_without_the_nvml_check_an_optimiser_step_no_longer_looks_for_the_driver(monkeypatch):
     """What the skip is for: torch's optimisers ask ``torch.cuda.is_available()`` in every step; with the check on
     (and CUDA not initialised: a CPU run) each asks NVML, after the skip none does."""
-    import ctypes
-
-    import torch
-
     if torch.cuda.is_initialized():  # then torch has cached its device count and asks nothing
         pytest.skip("CUDA is initialised in this process")
     loads = []
