@@ -72,10 +72,10 @@ def skip_nvml_check_without_driver() -> bool:
     CPU run), each call tries to load ``libnvidia-ml.so.1``; without a driver the load fails every time and
     torch falls back to ``cudaGetDeviceCount``, which answers at once. On a CUDA build of torch (the default
     wheels) without a driver that is 0.45 to 0.6 ms an optimiser step on the 2-core AMD EPYC: 1.4 to 1.9 ms
-    of a 22 ms AAE batch, three steps (``experiments/results/bench.md``). The library is part of the driver, so where
-    it cannot load, no GPU can run, the variable's purpose (not initialising CUDA before a fork) has
-    nothing to protect, and torch's answer is the same without it: it is set to 0. Left alone where the
-    library loads or the variable is not 1."""
+    of a 22 ms AAE batch, three steps (``experiments/results/bench.md``). The library is part of the
+    driver, so where it cannot load, no GPU can run, the variable's purpose (not initialising CUDA before a
+    fork) has nothing to protect, and torch's answer is the same without it: it is set to 0. Left alone
+    where the library loads or the variable is not 1."""
     if os.environ.get(NVML_CHECK) != "1":
         return False
     try:
