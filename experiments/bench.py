@@ -2,8 +2,10 @@
 
 Prints one JSON object per line. Every timed step runs at one precision (``--precision``; default: what
 ``trainer=cpu`` picks on this CPU, bf16-mixed where it has AMX or AVX512_BF16, else 32-true; bf16-mixed on a
-GPU), written in the ``machine`` record with the CPU's bf16 flags and ``nvml_check_skipped`` (as in training, torch's
-NVML lookup in every optimiser step is turned off where no NVIDIA driver library loads: ``infocatvae.hardware``).
+GPU), written in the ``machine`` record with the CPU's bf16 flags, ``nvml_check_skipped`` and
+``malloc_keeps_freed_memory``: as in training, torch's NVML lookup in every optimiser step is turned off where no
+NVIDIA driver library loads, and glibc's malloc reuses freed tensors' memory (``infocatvae.hardware``), for
+every timed loop alike.
 
 - ``{"record": "baseline", "baseline_img_per_s", "today_fp32_img_per_s", "today_img_per_s", "speedup_..."}``:
   InfoCatVAE-MLP's bare step as it was when the speed issue was filed (sigmoid + ``binary_cross_entropy``,
@@ -69,7 +71,13 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
-from infocatvae.hardware import bf16_flags, cpu_model, cpu_precision, skip_nvml_check_without_driver
+from infocatvae.hardware import (
+    bf16_flags,
+    cpu_model,
+    cpu_precision,
+    keep_freed_memory,
+    skip_nvml_check_without_driver,
+)
 from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -928,6 +936,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data_dir = default_data_dir()
     nvml_skipped = skip_nvml_check_without_driver()  # as infocatvae.train does: every timed step runs without it
+    malloc_kept = keep_freed_memory()  # likewise: every timed loop, today's and the baseline's, reuses freed memory
     emit(
         {
             "record": "machine",
@@ -940,6 +949,7 @@ def main() -> None:
             "cpu_bf16_flags": bf16_flags(),
             "precision": precision,
             "nvml_check_skipped": nvml_skipped,
+            "malloc_keeps_freed_memory": malloc_kept,
         }
     )
     if args.baseline or "baseline" not in args.skip:

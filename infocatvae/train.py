@@ -106,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_num_threads(cpu_threads(cfg))
     if hardware.skip_nvml_check_without_driver():
         log.info("No NVIDIA driver library: torch's NVML check turned off (%s=0)", hardware.NVML_CHECK)
+    if hardware.keep_freed_memory():
+        log.info("glibc malloc keeps freed memory for reuse (mmap threshold 32 MiB, trim threshold 1 GiB)")
     check_output_dir(run_dir)
     with RunLock(run_dir):
         return _train_locked(cfg, run_dir)

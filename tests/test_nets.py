@@ -1,4 +1,5 @@
-"""The networks' own pieces: the CPU dropout drawn from random bits against ``nn.Dropout``; the category heads' layout."""
+"""The networks' own pieces: the CPU dropout drawn from random bits against ``nn.Dropout``; the layout of the
+category heads' codes."""
 
 from __future__ import annotations
 
