@@ -101,11 +101,12 @@ def keep_freed_memory() -> bool:
     block) with fresh pages from the OS and unmaps it when freed, and gives back the top of the heap once
     more than twice that is free. A training step allocates and frees the same tensors every step (a
     [128, 10, 784] reconstruction is 4 MiB), so every step the kernel maps and zeroes them again: 4,900 to
-    5,700 page faults a bare InfoCatVAE-MLP step on the 2-core AMD EPYC, none with the thresholds below; 51
-    to 60 ms a step against 42 to 55 ms (three pairs of processes; ``experiments/results/bench.md``). Whether glibc adapts by itself depends on which blocks a
-    process happened to free first. Set here with ``mallopt`` because a faster allocator (jemalloc,
-    tcmalloc: PyTorch's CPU tuning guide) has to be preloaded before the process starts. Linux with glibc
-    only, and left to the user when one of ``MALLOC_ENV`` is set; the process keeps its peak heap."""
+    5,700 page faults a bare InfoCatVAE-MLP step on the 2-core AMD EPYC, none with the thresholds below;
+    51 to 60 ms a step against 42 to 55 ms (three pairs of processes; ``experiments/results/bench.md``).
+    Whether glibc adapts by itself depends on which blocks a process happened to free first. Set here with
+    ``mallopt`` because a faster allocator (jemalloc, tcmalloc: PyTorch's CPU tuning guide) has to be
+    preloaded before the process starts. Linux with glibc only, and left to the user when one of
+    ``MALLOC_ENV`` is set; the process keeps its peak heap."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(k in os.environ for k in MALLOC_ENV):
         return False
     mallopt = ctypes.CDLL(None).mallopt
