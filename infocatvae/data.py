@@ -247,8 +247,9 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def scale(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 28, 28) → float in [0, 1], in this module's view."""
-        return self.as_view(images.float().div_(255.0))
+        """uint8 (N, 28, 28) → float32 in [0, 1], in this module's view: one pass (the division promotes uint8 to
+        float32 as it reads it; the same values as ``images.float() / 255``)."""
+        return self.as_view(images.div(255.0))
 
     def as_view(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel values of N images, flat (N, 784) or not, in this module's view: (N, 28, 28) rows when

@@ -28,6 +28,9 @@ def test_batches_are_scaled_images_or_row_sequences(sequential, shape, data_dir)
     assert x.shape == shape and x.dtype == torch.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
     assert y.shape == (64,) and y.dtype == torch.long and set(y.tolist()) <= set(range(10))
+    # every pixel value scaled as float32(v) / 255, whatever the kernel
+    every_value = (torch.arange(784) % 256).to(torch.uint8).reshape(1, 28, 28)
+    assert torch.equal(dm.scale(every_value).flatten(), every_value.flatten().to(torch.float32) / 255)
 
 
 def test_split_is_fixed_and_disjoint(data_dir):
