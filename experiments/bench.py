@@ -14,7 +14,9 @@ every timed loop alike.
 - ``{"record": "train", "model", "net", "device", "batch_size", "bare_img_per_s", "lightning_img_per_s",
   "train_ratio_lightning_vs_bare", "data_share"}``: a Lightning training epoch (the real config's
   callbacks and TensorBoard logger, no validation) against the same model's ``losses`` and
-  optimiser step in a bare PyTorch loop over in-memory tensors, same batch size, same process;
+  optimiser step in a bare PyTorch loop, same batch size, same process, that gathers and scales each batch
+  from the data module's in-memory uint8 images as the data module does (the same data work: what differs
+  is the framework);
   ``data_share`` is the time to fetch and scale a batch through the data module over the time of a
   Lightning step.
 - ``{"record": "overhead", "lightning_us_per_optimizer_step", "raw_us_per_optimizer_step", ...}``: what Lightning
@@ -60,6 +62,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +137,10 @@ def bare_throughput(
     device: torch.device,
     repeats: int = 3,
     precision: str = "32-true",
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Images per second of the model's own loss and optimiser step(s) in a plain loop (median of ``repeats``)."""
+    """Images per second of the model's own loss and optimiser step(s) in a plain loop (median of ``repeats``).
+    Each batch is gathered from ``x_all`` by random indices and, with ``prepare``, passed through it."""
     model.to(device).train()
     opts = model.configure_optimizers()
     opts = opts if isinstance(opts, tuple) else (opts,)
@@ -143,6 +148,8 @@ def bare_throughput(
 
     def step(i: int) -> None:
         x = x_all.index_select(0, idx[i * batch_size : (i + 1) * batch_size])  # as the data module gathers
+        if prepare is not None:
+            x = prepare(x)
         if len(opts) == 3:  # the AAE's three phases (models/aae.py)
             for opt, loss in (
                 (opts[0], model.recon_loss),
@@ -217,9 +224,16 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
     bare_model = hydra.utils.instantiate(cfg.model)
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
-        x_all = datamodule.scale(datamodule.train_set.images[: 64 * cfg.data.batch_size]).to(device)
+        # the same data work as the Lightning loop: its uint8 training images, gathered and scaled per batch
         return bare_throughput(
-            bare_model, x_all, cfg.data.batch_size, steps, device, repeats=1, precision=str(cfg.trainer.precision)
+            bare_model,
+            datamodule.train_set.images.to(device),
+            cfg.data.batch_size,
+            steps,
+            device,
+            repeats=1,
+            precision=str(cfg.trainer.precision),
+            prepare=datamodule.scale,
         )
 
     timer = EpochTimer(bare, steps)
