@@ -99,14 +99,15 @@ def keep_freed_memory() -> bool:
 
     glibc serves an allocation above its mmap threshold (128 KiB, raised only past the size of a freed
     block) with fresh pages from the OS and unmaps it when freed, and gives back the top of the heap once
-    more than twice that is free. A training step allocates and frees the same tensors every step (a
-    [128, 10, 784] reconstruction is 4 MiB), so every step the kernel maps and zeroes them again: 4,900 to
-    5,700 page faults a bare InfoCatVAE-MLP step on the 2-core AMD EPYC, none with the thresholds below;
-    51 to 60 ms a step against 42 to 55 ms (three pairs of processes; ``experiments/results/bench.md``).
-    Whether glibc adapts by itself depends on which blocks a process happened to free first. Set here with
-    ``mallopt`` because a faster allocator (jemalloc, tcmalloc: PyTorch's CPU tuning guide) has to be
-    preloaded before the process starts. Linux with glibc only, and left to the user when one of
-    ``MALLOC_ENV`` is set; the process keeps its peak heap."""
+    more than twice that threshold is free. A training step allocates and frees the same tensors every
+    step, so wherever glibc's threshold has not grown past them the kernel maps and zeroes them again in
+    every step. Whether it has depends on what the process freed before: at batch 128 (4 MiB tensors) it
+    mostly had in our Lightning runs (5 InfoCatVAE epochs: 700K to 860K page faults, 235K with this
+    setting, the same wall time within noise); at batch 512 (16 MiB) it had not: a run of 60 batches took
+    25.0 and 25.2 s (the whole process) against 19.0 and 21.3 s with it, 1.4 million page faults against
+    236K (the 2-core AMD EPYC, ``experiments/results/bench.md``). Set here with ``mallopt`` because a faster allocator (jemalloc,
+    tcmalloc: PyTorch's CPU tuning guide) has to be preloaded before the process starts. Linux with glibc
+    only, and left to the user when one of ``MALLOC_ENV`` is set; the process keeps its peak heap."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(k in os.environ for k in MALLOC_ENV):
         return False
     mallopt = ctypes.CDLL(None).mallopt
