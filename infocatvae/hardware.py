@@ -105,9 +105,10 @@ def keep_freed_memory() -> bool:
     mostly had in our Lightning runs (5 InfoCatVAE epochs: 700K to 860K page faults, 235K with this
     setting, the same wall time within noise); at batch 512 (16 MiB) it had not: a run of 60 batches took
     25.0 and 25.2 s (the whole process) against 19.0 and 21.3 s with it, 1.4 million page faults against
-    236K (the 2-core AMD EPYC, ``experiments/results/bench.md``). Set here with ``mallopt`` because a faster allocator (jemalloc,
-    tcmalloc: PyTorch's CPU tuning guide) has to be preloaded before the process starts. Linux with glibc
-    only, and left to the user when one of ``MALLOC_ENV`` is set; the process keeps its peak heap."""
+    236K (the 2-core AMD EPYC, ``experiments/results/bench.md``). Set here with ``mallopt`` because a
+    faster allocator (jemalloc, tcmalloc: PyTorch's CPU tuning guide) has to be preloaded before the
+    process starts. Linux with glibc only, and left to the user when one of ``MALLOC_ENV`` is set; the
+    process keeps its peak heap."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(k in os.environ for k in MALLOC_ENV):
         return False
     mallopt = ctypes.CDLL(None).mallopt
