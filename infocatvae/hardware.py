@@ -90,7 +90,7 @@ def skip_nvml_check_without_driver() -> bool:
 # glibc's mallopt parameters (malloc.h) and the environment variables by which a user sets them at start
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # the ceiling of glibc's own adaptive threshold
-TRIM_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = 1 << 30  # free memory kept at the top of the heap before any is given back
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,12 +113,10 @@ print(min(faults[5:]))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_kept_freed_memory_stops_the_page_faults_of_every_step(tmp_path):
+def test_kept_freed_memory_stops_the_page_faults_of_every_step():
     """Fresh processes (what a process allocated before decides glibc's adaptive threshold): by default
-    each repetition maps its 96 MiB anew (24,000 page faults of 4 KiB); with ``keep_freed_memory`` none.
-    (24 MiB tensors: how far glibc's threshold has adapted to smaller ones depends on the imports.)"""
-    import subprocess
-    import sys
+    each repetition maps its 96 MiB anew (about 24,000 page faults of 4 KiB); with ``keep_freed_memory``
+    none. (24 MiB tensors: how far glibc's threshold has adapted to smaller ones depends on the imports.)"""
 
     def run(mode: str, **env: str) -> list[str]:
         environ = {k: v for k, v in os.environ.items() if k not in hardware.MALLOC_ENV} | env

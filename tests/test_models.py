@@ -439,3 +439,18 @@ def test_kl_warmup_in_a_real_trainer_logs_kl_weight_and_validates_with_full_weig
     assert metrics["train/kl_weight_epoch"].item() == 0.5 and "val/kl_weight" not in metrics
     assert "train/marginal_epoch" in metrics and "val/marginal" in metrics
     assert m.kl_weight() == 1.0  # after fit: the trainer is still attached but not training
+
+
+def test_reparameterisation_draws_the_same_numbers_whatever_the_codes_layout():
+    """z = µ + ε σ with ε drawn row-major: a transposed µ (as eager or compiled code may lay it out) gets the
+    same ε for the same seed, and the draw goes through torch's vectorised CPU normal kernel."""
+    mu = torch.randn(8, 4, 5).transpose(1, 2)  # [8, 5, 4] with strides (20, 1, 5)
+    logvar = torch.randn(8, 5, 4)
+    torch.manual_seed(0)
+    z_strided = CatVAE.reparameterise(mu, logvar)
+    torch.manual_seed(0)
+    z_row_major = CatVAE.reparameterise(mu.contiguous(), logvar)
+    torch.testing.assert_close(z_strided, z_row_major, rtol=0, atol=0)
+    torch.manual_seed(0)
+    eps = torch.randn(8, 5, 4)
+    torch.testing.assert_close(z_row_major, mu + eps * (0.5 * logvar).exp(), rtol=0, atol=0)

@@ -95,7 +95,10 @@ class CatVAE(BaseModel):
 
     @staticmethod
     def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        # drawn row-major whatever mu's strides (randn_like would keep them): torch's vectorised CPU normal_
+        # needs a contiguous tensor, and eager and compiled code (whose layouts may differ) draw the same numbers
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device)
+        return mu + eps * (0.5 * logvar).exp()
 
     def per_sample_terms(self, x: torch.Tensor, recon: str | None = None) -> dict[str, torch.Tensor]:
         """``recon``, ``kl_cat`` and ``kl_cont`` per sample (shape [B]); ``recon`` defaults to the config's."""
