@@ -74,13 +74,7 @@ from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.data import default_data_dir
-from infocatvae.hardware import (
-    bf16_flags,
-    cpu_model,
-    cpu_precision,
-    keep_freed_memory,
-    skip_nvml_check_without_driver,
-)
+from infocatvae.hardware import bf16_flags, cpu_model, cpu_precision, tune_process
 from infocatvae.runs import read_status
 
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
@@ -949,8 +943,7 @@ def main() -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data_dir = default_data_dir()
-    nvml_skipped = skip_nvml_check_without_driver()  # as infocatvae.train does: every timed step runs without it
-    malloc_kept = keep_freed_memory()  # likewise: every timed loop, today's and the baseline's, reuses freed memory
+    tuned = tune_process()  # as infocatvae.train does: every timed loop, today's and the baseline's, runs so
     emit(
         {
             "record": "machine",
@@ -962,8 +955,7 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "cpu_bf16_flags": bf16_flags(),
             "precision": precision,
-            "nvml_check_skipped": nvml_skipped,
-            "malloc_keeps_freed_memory": malloc_kept,
+            **tuned,
         }
     )
     if args.baseline or "baseline" not in args.skip:

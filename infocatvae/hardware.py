@@ -1,7 +1,7 @@
 """What this machine's CPU can do, read once: its instruction-set flags, whether it computes bf16
 natively, and the training precision ``trainer=cpu`` picks from that (the ``cpu_precision`` resolver);
 whether it has an NVIDIA driver at all (``skip_nvml_check_without_driver``); and the C library's allocator
-settings for a training process (``keep_freed_memory``).
+settings for a training process (``keep_freed_memory``). ``tune_process`` makes both.
 
 bf16 autocast on a CPU without AMX or AVX512_BF16 is emulated (converted to float32 for each
 product) and runs slower than float32, so bf16 is chosen only where the CPU reports one of them.
@@ -113,6 +113,12 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def tune_process() -> dict[str, bool]:
+    """The process-wide settings of a training process, each True where it was made: ``infocatvae.train`` logs
+    them and the bench makes the same ones (in its ``machine`` record), so that its timed loops run as training."""
+    return {"nvml_check_skipped": skip_nvml_check_without_driver(), "malloc_keeps_freed_memory": keep_freed_memory()}
 
 
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)

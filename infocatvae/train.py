@@ -104,10 +104,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A job writes only in its own folder, which it owns while it runs; a ckpt_path of another run is only read.
     run_dir = Path(cfg.paths.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
-    if hardware.skip_nvml_check_without_driver():
+    tuned = hardware.tune_process()
+    if tuned["nvml_check_skipped"]:
         log.info("No NVIDIA driver library: torch's NVML check turned off (%s=0)", hardware.NVML_CHECK)
-    if hardware.keep_freed_memory():
-        log.info("glibc malloc keeps freed memory for reuse (mmap threshold 32 MiB, trim threshold 1 GiB)")
+    if tuned["malloc_keeps_freed_memory"]:
+        log.info(
+            "glibc malloc keeps freed memory for reuse (mmap threshold %d MiB, trim threshold %d MiB)",
+            hardware.MMAP_THRESHOLD >> 20,
+            hardware.TRIM_THRESHOLD >> 20,
+        )
     check_output_dir(run_dir)
     with RunLock(run_dir):
         return _train_locked(cfg, run_dir)
