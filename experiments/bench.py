@@ -7,10 +7,11 @@ GPU), written in the ``machine`` record with the CPU's bf16 flags, ``nvml_check_
 NVIDIA driver library loads, and glibc's malloc reuses freed tensors' memory (``infocatvae.hardware``), for
 every timed loop alike.
 
-- ``{"record": "baseline", "baseline_img_per_s", "today_fp32_img_per_s", "today_img_per_s", "speedup_..."}``:
-  InfoCatVAE-MLP's bare step as it was when the speed issue was filed (sigmoid + ``binary_cross_entropy``,
-  torch's ``nn.Dropout``, torch's default Adam, float32), today's step in float32, and today's at
-  ``--precision``, alternated.
+- ``{"record": "baseline", "baseline_img_per_s", "today_fp32_img_per_s", "today_img_per_s",
+  "today_compiled_img_per_s", "speedup_..."}``: InfoCatVAE-MLP's bare step as it was when the speed issue was
+  filed (sigmoid + ``binary_cross_entropy``, torch's ``nn.Dropout``, torch's default Adam, float32), today's
+  step in float32, today's at ``--precision``, and today's at ``--precision`` compiled as ``compile=true``
+  compiles it (not with ``--skip compile``), alternated.
 - ``{"record": "train", "model", "net", "device", "batch_size", "bare_img_per_s", "lightning_img_per_s",
   "train_ratio_lightning_vs_bare", "data_share"}``: a Lightning training epoch (the real config's
   callbacks and TensorBoard logger, no validation) against the same model's ``losses`` and
@@ -315,11 +316,15 @@ def sigmoid_bce_reconstruction(logits, x, likelihood="bernoulli", step_size=28):
     return F.binary_cross_entropy(p, x.float().expand_as(p), reduction="none").sum(-1)
 
 
-def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, precision: str) -> None:
+def bench_baseline(
+    data_dir: str, device_name: str, steps: int, rounds: int, precision: str, compiled: bool = True
+) -> None:
     """InfoCatVAE-MLP in the bare loop, alternated ``rounds`` times: ``baseline`` (the step when the speed issue
     was filed: sigmoid + ``binary_cross_entropy``, torch's ``nn.Dropout``, torch's default Adam, float32),
-    ``today_fp32`` (today's step in float32) and ``today`` (today's step at ``precision``, what ``trainer=cpu``
-    or ``trainer=gpu`` runs); speed-ups are medians of the per-round ratios against the baseline."""
+    ``today_fp32`` (today's step in float32), ``today`` (today's step at ``precision``, what ``trainer=cpu``
+    or ``trainer=gpu`` runs) and, with ``compiled``, ``today_compiled`` (today's step at ``precision`` with
+    ``compile=true``'s ``torch.compile``, compiled in the warm-up round); speed-ups are medians of the per-round
+    ratios against the baseline."""
     from torch import nn
 
     from infocatvae import losses, nets
@@ -328,6 +333,8 @@ def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, pre
     today = losses.reconstruction
     variants = {"baseline": (sigmoid_bce_reconstruction, "32-true"), "today_fp32": (today, "32-true")}
     variants["today"] = (today, precision)
+    if compiled:
+        variants["today_compiled"] = (today, precision)
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_cfg("infocatvae", "mlp", out, data_dir, device_name)
         dm = hydra.utils.instantiate(cfg.data)
@@ -339,6 +346,8 @@ def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, pre
                 module.__class__ = nn.Dropout
         # and its Adam is torch's default (per tensor on the CPU), not the fused one of conf/model
         models["baseline"].optimizer_cfg = {**models["baseline"].optimizer_cfg, "fused": None}
+        if compiled:
+            models["today_compiled"].compile_losses()
         rates: dict[str, list[float]] = {name: [] for name in variants}
         try:
             for _ in range(rounds + 1):  # the first round warms up
@@ -368,6 +377,7 @@ def bench_baseline(data_dir: str, device_name: str, steps: int, rounds: int, pre
             **{f"{name}_img_per_s": round(statistics.median(rates[name][1:]), 1) for name in variants},
             "speedup_today_fp32_vs_baseline": speedup("today_fp32"),
             "speedup_today_vs_baseline": speedup("today"),
+            **({"speedup_today_compiled_vs_baseline": speedup("today_compiled")} if compiled else {}),
         }
     )
 
@@ -618,9 +628,7 @@ def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode
         torch.manual_seed(0)  # the same initial weights for every copy
         model = hydra.utils.instantiate(cfg.model).to(device)
         if compiled:
-            # An instance attribute over the method: training_step calls self.losses, and the weights stay where
-            # they are (state_dict keys unchanged, unlike torch.compile(model), which compiles only forward).
-            model.losses = torch.compile(model.losses, mode=mode)
+            model.compile_losses(mode)  # what compile=true does
         return model
 
     first, x_val = 3, x_all[:batch_size]
@@ -959,7 +967,7 @@ def main() -> None:
         }
     )
     if args.baseline or "baseline" not in args.skip:
-        bench_baseline(data_dir, args.device, args.steps_mlp, args.rounds, precision)
+        bench_baseline(data_dir, args.device, args.steps_mlp, args.rounds, precision, "compile" not in args.skip)
     if args.baseline:
         return
     if "train" not in args.skip:

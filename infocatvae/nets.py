@@ -24,28 +24,39 @@ class Dropout(nn.Dropout):
     torch's CPU generators fill a tensor one number at a time from one Mersenne twister: its
     ``bernoulli_`` (behind ``F.dropout``) and ``uniform_`` both draw one number per element (the
     ``profile`` record of ``make bench``: ``bernoulli_`` took half of an InfoCatVAE-MLP step, uniform
-    numbers a fifth). Here each element reads one byte of 64-bit random words (``random_`` over the
-    whole int64 range): an element is kept when its byte is at least 256 p, exactly probability 1 − p
-    whenever 256 p is an integer (Table 2's 0.25, 0.5); for any other p it reads 32 bits instead
-    (resolution 2⁻³², finer than a float32 uniform's 2⁻²⁴); under ``torch.compile`` it compares uniform
-    numbers, which inductor draws in its fused kernels. Off the CPU (CUDA's fused kernel) it is
-    ``nn.Dropout``. The kept values are scaled by 1 / (1 − p) in float32, so a bf16 input gives a float32
-    output."""
+    numbers a fifth). Here each element reads one byte of 64-bit random words (``keep_mask``), through
+    the operator ``infocatvae::dropout_scale`` (``dropout_scale``), which ``torch.compile`` calls as it is:
+    compiled code draws the same masks as eager code, at eager's speed. Off the CPU (CUDA's fused kernel)
+    it is ``nn.Dropout``. The kept values are scaled by 1 / (1 − p) in float32, so a bf16 input gives a
+    float32 output."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.p == 1 or x.device.type != "cpu":
             return super().forward(x)
-        if torch.compiler.is_compiling():  # dynamo cannot trace random_; inductor fuses its own uniform draws
-            keep = torch.rand_like(x, dtype=torch.float32) >= self.p
-        else:
-            keep = keep_mask(x.shape, self.p)
-        # through uint8: torch's CPU cast from bool to float32 is scalar code, from uint8 vectorised (6 times faster)
-        return x * keep.view(torch.uint8).to(torch.float32).mul_(1 / (1 - self.p))
+        return x * dropout_scale(list(x.shape), self.p)
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+# An operator of its own, opaque to torch.compile: dynamo cannot trace ``random_``, and inductor's own CPU
+# draws (one Philox number per element, a boolean mask cast through a scalar loop) made the compiled
+# InfoCatVAE-MLP step half as fast as eager (experiments/results/bench.md). Tagged as seeded randomness:
+# two calls with the same arguments are two draws (compiled graphs would otherwise merge them into one).
+@torch.library.custom_op("infocatvae::dropout_scale", mutates_args=(), tags=torch.Tag.nondeterministic_seeded)
+def dropout_scale(shape: list[int], p: float) -> torch.Tensor:
+    """A float32 CPU tensor of ``shape``: 1 / (1 − p) with probability 1 − p, else 0, independently
+    (``keep_mask``); the multiplier of ``Dropout``."""
+    # through uint8: torch's CPU cast from bool to float32 is scalar code, from uint8 vectorised (6 times faster)
+    return keep_mask(shape, p).view(torch.uint8).to(torch.float32).mul_(1 / (1 - p))
+
+
+@dropout_scale.register_fake
+def _(shape: list[int], p: float) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float32)
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...] | list[int], p: float) -> torch.Tensor:
     """A boolean CPU tensor of ``shape``, each element True with probability 1 − p, independently: one byte of
-    torch's 64-bit random words per element when 256 p is an integer (exact), else 32 bits (``Dropout``)."""
+    torch's 64-bit random words per element when 256 p is an integer, exactly probability 1 − p (Table 2's
+    0.25, 0.5); else 32 bits (resolution 2⁻³², finer than a float32 uniform's 2⁻²⁴)."""
     n = math.prod(shape)
     if (p * 256).is_integer():
         dtype, threshold = torch.uint8, int(p * 256)  # a byte b in [0, 255]: P(b >= 256 p) = 1 − p

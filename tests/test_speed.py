@@ -123,12 +123,11 @@ def test_bf16_autocast_on_the_cpu_gives_the_float32_loss_terms(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_losses_equal_eager(tmp_path, monkeypatch):
+def test_compiled_losses_equal_eager(tmp_path):
     """``torch.compile`` of the model's ``losses`` (what ``compile=true`` compiles, and the bench's compile
     record times) gives the eager loss terms on real MNIST, in training mode (dropout on), with the same random
-    draws (inductor's ``fallback_random``: dropout masks, reparameterisation and the info term's categories
-    from torch's generator, as eager). Compiled, the dropout masks compare uniform numbers (``nets.Dropout``):
-    the eager reference draws its masks the same way here."""
+    draws (the dropout masks through ``nets.dropout_scale`` in both; inductor's ``fallback_random`` for the
+    reparameterisation and the info term's categories: torch's generator, as eager)."""
     import torch._inductor.config as inductor_config
     from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -142,10 +141,8 @@ def test_compiled_losses_equal_eager(tmp_path, monkeypatch):
     x = load_split(DATA_DIR, "mnist", train=False)[0][:64].float().div(255)
     m = hydra.utils.instantiate(make_cfg(["model=infocatvae"], tmp_path).model)
     m.train()
-    monkeypatch.setattr("infocatvae.nets.keep_mask", lambda shape, p: torch.rand(shape) >= p)
     torch.manual_seed(0)
     ref = m.losses(x)
-    monkeypatch.undo()
     with inductor_config.patch(fallback_random=True):
         m.compile_losses()  # what compile=true does
         torch.manual_seed(0)

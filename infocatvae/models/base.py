@@ -97,12 +97,13 @@ class BaseModel(L.LightningModule):
         """The category of each input: argmax q(c|x)."""
         return self.encode(x).q_c.argmax(-1)
 
-    def compile_losses(self) -> None:
-        """``torch.compile`` each of ``loss_functions`` (``compile=true``). Not the LightningModule: compiling
-        that compiles ``training_step``, whose ``self.log`` calls break the graph and recompile once per
-        metric name (up to dynamo's recompile limit). Instance attributes: the state_dict keys stay the same."""
+    def compile_losses(self, mode: str | None = None) -> None:
+        """``torch.compile`` each of ``loss_functions`` (``compile=true``; ``mode`` as torch.compile's). Not the
+        LightningModule: compiling that compiles ``training_step``, whose ``self.log`` calls break the graph and
+        recompile once per metric name (up to dynamo's recompile limit). Instance attributes: the state_dict
+        keys stay the same."""
         for name in self.loss_functions:
-            setattr(self, name, torch.compile(getattr(self, name)))
+            setattr(self, name, torch.compile(getattr(self, name), mode=mode))
 
     # ---- Lightning -------------------------------------------------------------------------
     def configure_optimizers(self):
