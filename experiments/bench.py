@@ -632,6 +632,7 @@ def bench_compile(data_dir: str, device_name: str, steps: int, rounds: int, mode
         return model
 
     first, x_val = 3, x_all[:batch_size]
+    torch._dynamo.reset()  # cold: nothing compiled earlier in this process (the baseline record's) is reused
     eager, compiled = build(False), build(True)
     t_eager = train_steps_seconds(eager, x_all, batch_size, first, device, precision)
     e_eager = eval_pass_seconds(eager, x_val, device, precision)
