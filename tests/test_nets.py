@@ -50,6 +50,20 @@ def test_keep_masks_are_independent_between_neighbours_and_any_size(p):
     assert (per_position - (1 - p)).abs().max().item() < 5 * (p * (1 - p) / (n // 8)) ** 0.5
 
 
+@pytest.mark.parametrize("p", [0.25, 0.3])
+def test_dropout_scale_is_the_keep_mask_of_the_same_draws_scaled(p):
+    """``dropout_scale`` (bytes compared as float32 for p = k / 256, 32-bit words otherwise) is exactly
+    ``keep_mask`` from the same generator state, times 1 / (1 − p)."""
+    from infocatvae.nets import dropout_scale, keep_mask
+
+    torch.manual_seed(0)
+    scale = dropout_scale([300, 257], p)
+    torch.manual_seed(0)
+    keep = keep_mask([300, 257], p)
+    assert scale.dtype == torch.float32
+    assert torch.equal(scale, keep.float() * (1 / (1 - p)))
+
+
 def test_cpu_dropout_under_torch_compile_draws_eagers_masks_in_one_graph():
     """Under ``torch.compile`` the mask comes from the same operator and generator as in eager code: one graph,
     no break, the eager outputs bit for bit; and two draws of one shape stay two draws in a graph with
