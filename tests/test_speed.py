@@ -123,11 +123,13 @@ def test_bf16_autocast_on_the_cpu_gives_the_float32_loss_terms(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_losses_equal_eager(tmp_path):
-    """``torch.compile`` of the model's ``losses`` (what ``compile=true`` compiles, and the bench's compile
-    record times) gives the eager loss terms on real MNIST, in training mode (dropout on), with the same random
-    draws (the dropout masks through ``nets.dropout_scale`` in both; inductor's ``fallback_random`` for the
-    reparameterisation and the info term's categories: torch's generator, as eager)."""
+@pytest.mark.parametrize("model", ["model=infocatvae", "model=aae model.K=10"])
+def test_compiled_losses_equal_eager(model, tmp_path):
+    """``torch.compile`` of the model's loss functions (what ``compile=true`` compiles: InfoCatVAE's ``losses``,
+    the bench's compile record; the AAE's three phase losses) gives the eager loss terms on real MNIST, in
+    training mode (dropout on), with the same random draws (the dropout masks through ``nets.dropout_scale`` in
+    both; inductor's ``fallback_random`` for the reparameterisation, the info term's categories and the AAE's
+    prior draws: torch's generator, as eager)."""
     import torch._inductor.config as inductor_config
     from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -139,7 +141,7 @@ def test_compiled_losses_equal_eager(tmp_path):
     except Exception as err:  # inductor's CPU kernels are C++ compiled at run time
         pytest.skip(f"torch.compile cannot build CPU kernels here (no C++ compiler): {err}")
     x = load_split(DATA_DIR, "mnist", train=False)[0][:64].float().div(255)
-    m = hydra.utils.instantiate(make_cfg(["model=infocatvae"], tmp_path).model)
+    m = hydra.utils.instantiate(make_cfg(model.split(), tmp_path).model)
     m.train()
     torch.manual_seed(0)
     ref = m.losses(x)
