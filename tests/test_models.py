@@ -443,7 +443,7 @@ def test_kl_warmup_in_a_real_trainer_logs_kl_weight_and_validates_with_full_weig
 
 def test_reparameterisation_draws_the_same_numbers_whatever_the_codes_layout():
     """z = µ + ε σ with ε drawn row-major: a transposed µ (as eager or compiled code may lay it out) gets the
-    same ε for the same seed, and the draw goes through torch's vectorised CPU normal kernel."""
+    same ε for the same seed as a row-major one, the ε of ``torch.randn`` of its shape."""
     mu = torch.randn(8, 4, 5).transpose(1, 2)  # [8, 5, 4] with strides (20, 1, 5)
     logvar = torch.randn(8, 5, 4)
     torch.manual_seed(0)
