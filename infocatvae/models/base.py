@@ -106,6 +106,16 @@ class BaseModel(L.LightningModule):
             setattr(self, name, torch.compile(getattr(self, name), mode=mode))
 
     # ---- Lightning -------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning writes the running hook's name to ``_current_fx_name`` before and after every hook it calls
+        # (54 times per AAE batch); nn.Module.__setattr__ first checks the value against parameters, buffers and
+        # submodules: 3.3 µs a write against 0.3 µs for a plain attribute (about 0.16 ms per AAE batch).
+        # A hook's name is never one of those, so it is stored as a plain attribute.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def configure_optimizers(self):
         return self.make_optimizer(self.parameters())
 
