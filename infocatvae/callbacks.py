@@ -128,7 +128,8 @@ class InterruptCheckpoint(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException, SystemExit)):
-            trainer.save_checkpoint(self.path)
+            # a full checkpoint (optimiser states too), said explicitly: Lightning >= 2.6 logs a line otherwise
+            trainer.save_checkpoint(self.path, weights_only=False)
             log.warning(
                 "Interrupted (%s): saved %s at epoch %d, step %d",
                 type(exception).__name__,
@@ -140,7 +141,8 @@ class InterruptCheckpoint(L.Callback):
 
 class EpochSnapshots(L.Callback):
     """Keeps ``epochNNNN.ckpt`` after every ``every_n_epochs``-th epoch (0: off), NNNN counting epochs
-    from 1 as ``status.json`` does, so that a run can be evaluated at several points of its training.
+    from 1 as ``status.json`` does, so that a run can be evaluated at several points of its training
+    (full checkpoints, with the optimiser states, as ``last.ckpt``).
 
     Lightning's ModelCheckpoint names files by its 0-based epoch index (``epoch=9`` after the 10th
     epoch); this one-method callback names them by epochs completed instead.
@@ -152,7 +154,7 @@ class EpochSnapshots(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
         if self.every and not trainer.sanity_checking and done % self.every == 0:
-            trainer.save_checkpoint(self.dirpath / f"epoch{done:04d}.ckpt")
+            trainer.save_checkpoint(self.dirpath / f"epoch{done:04d}.ckpt", weights_only=False)
 
 
 class ImageLogger(L.Callback):

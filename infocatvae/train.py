@@ -161,6 +161,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         # resuming into the run's own checkpoints/ folder is the point, not a mistake
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        # Lightning 2.6's own batch flattening builds torch's deprecated LeafSpec (a FutureWarning of torch
+        # >= 2.10, twice a run, pointing into Lightning): nothing a user of this framework can change
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
