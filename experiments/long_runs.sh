@@ -15,7 +15,8 @@ run() {  # experiment epochs run-name [overrides...]
   echo "=== $(date -u +%FT%TZ) start $name"
   "$PY" -m infocatvae.train "experiment=$exp" "trainer.max_epochs=$ep" "hydra.run.dir=$L/experiments/$name" \
       "paths.log_dir=$L" callbacks.progress_bar.refresh_rate=0 "$@"
-  echo "=== $(date -u +%FT%TZ) end $name rc=$?"
+  local rc=$?  # before the line below: its $(date) would reset $? to 0
+  echo "=== $(date -u +%FT%TZ) end $name rc=$rc"
 }
 run table1_infocatvae 100 table1_infocatvae_e100
 run table1_catvae 100 table1_catvae_e100
