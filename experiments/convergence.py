@@ -2,12 +2,14 @@
 every 5 epochs by the experiment configs) evaluated at several epochs, plotted per model.
 
     python experiments/convergence.py --log-dir /var/tmp/infocatvae --epochs-at 10 25 50 100
+    python experiments/convergence.py --log-dir /var/tmp/infocatvae --runs table1_aae_e600 \
+        --epochs-at 100 200 300 400 500 600 --name convergence_e600
 
 Reads the runs the other scripts trained (``<log-dir>/experiments/<run>/``), evaluates each snapshot
 with ``python -m infocatvae.evaluate`` (figures off; the KDE search is cached), and writes
-``experiments/results/convergence.md`` (the numbers, with each run's epochs, wall time and command)
-and ``convergence.png`` (``kde_ll``, ``info_ce_on_probs``, ``gen_agreement``, ``cluster_acc`` and
-``test_elbo`` against epochs).
+``experiments/results/<name>.md`` (``--name``, default ``convergence``: the numbers, with each run's
+epochs, wall time and command) and ``<name>.png`` (``kde_ll``, ``info_ce_on_probs``, ``gen_agreement``,
+``cluster_acc`` and ``test_elbo`` against epochs).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def main() -> None:
     p.add_argument("--runs", nargs="*", default=RUNS)
     p.add_argument("--epochs-at", nargs="*", type=int, default=[10, 25, 50, 100])
     p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--name",
+        default="convergence",
+        help="the results' file name: experiments/results/<name>.md and <name>.png (e.g. convergence_e600)",
+    )
     args = p.parse_args()
     start = time.perf_counter()
     table: dict[str, dict[int, dict]] = {}
@@ -82,7 +89,7 @@ def main() -> None:
             f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
             f"(pauses included); overrides: `{overrides}`"
         )
-    plot(table, common.RESULTS / "convergence.png")
+    plot(table, common.RESULTS / f"{args.name}.png")
     rows = [
         f"| {run} | {e} | " + " | ".join(common.fmt(m.get(k), 3) for k in METRICS) + " |"
         for run, by_epoch in table.items()
@@ -91,7 +98,7 @@ def main() -> None:
     lines = [
         "# Convergence: the paper's metrics against training epochs",
         "",
-        "![convergence](convergence.png)",
+        f"![convergence]({args.name}.png)",
         "",
         "| run | epoch | " + " | ".join(f"`{k}`" for k in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
@@ -105,9 +112,10 @@ def main() -> None:
         f"- wall time of this command: {(time.perf_counter() - start) / 60:.1f} min (a snapshot evaluated before, "
         "with its metrics.json in the run's eval/ folder, is read, not evaluated again)",
         f"- command: `python {' '.join(sys.argv)}`",
-        "- each run was trained by `experiments/long_runs.sh` (its exact command is in that script)",
+        "- each run was trained by `python -m infocatvae.train` with the overrides above and `hydra.run.dir` set to "
+        "its folder (from `experiments/long_runs.sh` or the result's script, e.g. `experiments/table1.py`)",
     ]
-    common.write("convergence", lines)
+    common.write(args.name, lines)
 
 
 def plot(table: dict[str, dict[int, dict]], path: Path) -> None:

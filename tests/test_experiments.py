@@ -247,3 +247,48 @@ def test_sweep_searches_existing_fields_with_valid_values(name):
                 values = list(override.sweep_iterator())
             for v in values:
                 check(compose("train", overrides=[f"sweep={name}", f"{key}={v}"]))
+
+
+def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results(tmp_path, monkeypatch):
+    """``experiments/convergence.py`` evaluates each asked-for snapshot (and the latest) once, and writes
+    ``<name>.md`` and ``<name>.png`` beside the other results, leaving ``convergence.md`` alone."""
+    import json
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+    import convergence
+
+    run = tmp_path / "experiments" / "table1_aae_e600"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=table1_aae\n- trainer.max_epochs=600\n")
+    (run / "status.json").write_text(json.dumps({"status": "running", "max_epochs": 600, "epoch": 17}))
+    for e in (5, 10, 15):
+        (run / "checkpoints" / f"epoch{e:04d}.ckpt").write_bytes(b"")
+    calls = []
+
+    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate leaves: metrics.json in its run folder
+        calls.append(cmd)
+        out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        epoch = int(out.name.removeprefix("epoch"))
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"kde_ll": 100.0 + epoch, "test_elbo": -90.0}))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    argv = ["convergence.py", "--log-dir", str(tmp_path), "--runs", "table1_aae_e600", "--epochs-at", "5"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--name", "convergence_e600"])
+    convergence.main()
+    assert [next(a for a in c if a.startswith("ckpt_path=")).rsplit("/", 1)[1] for c in calls] == [
+        "epoch0005.ckpt",
+        "epoch0015.ckpt",  # the latest snapshot, asked for or not
+    ]
+    text = (tmp_path / "results" / "convergence_e600.md").read_text()
+    assert "![convergence](convergence_e600.png)" in text and (tmp_path / "results" / "convergence_e600.png").is_file()
+    assert "| table1_aae_e600 | 5 | 105.000 |" in text and "| table1_aae_e600 | 15 | 115.000 |" in text
+    assert "in progress, latest snapshot after epoch 15 of 600" in text
+    assert not (tmp_path / "results" / "convergence.md").exists()
+    convergence.main()  # evaluated snapshots are read back, not evaluated again
+    assert len(calls) == 2
