@@ -124,8 +124,11 @@ def plot(table: dict[str, dict[int, dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
-    for ax, key in zip(axes, METRICS):
+    # a panel per metric that some run has (the AAE alone has only kde_ll)
+    keys = [k for k in METRICS if any(m.get(k) is not None for by_epoch in table.values() for m in by_epoch.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    axes = axes[0]
+    for ax, key in zip(axes, keys):
         # one colour per run in every panel (a run without a metric, the AAE's info_ce, leaves no gap in the cycle)
         for i, (run, by_epoch) in enumerate(table.items()):
             pts = [(e, m[key]) for e, m in sorted(by_epoch.items()) if m.get(key) is not None]

@@ -290,5 +290,10 @@ def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results
     assert "| table1_aae_e600 | 5 | 105.000 |" in text and "| table1_aae_e600 | 15 | 115.000 |" in text
     assert "in progress, latest snapshot after epoch 15 of 600" in text
     assert not (tmp_path / "results" / "convergence.md").exists()
+    from PIL import Image
+
+    # one panel per metric the runs have (kde_ll, test_elbo), not five with three left empty
+    width, height = Image.open(tmp_path / "results" / "convergence_e600.png").size
+    assert 1.5 < width / height < 3.5
     convergence.main()  # evaluated snapshots are read back, not evaluated again
     assert len(calls) == 2
