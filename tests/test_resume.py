@@ -62,7 +62,8 @@ def test_last_ckpt_holds_the_last_epoch_when_val_loss_does_not_improve(tmp_path,
     assert status["status"] == "completed" and status["epoch"] == 3
     assert last["epoch"] == 2 and last["global_step"] == status["step"] == 9  # 3 epochs x 3 batches
     # the weights after the third epoch: the same as the epoch-3 snapshot, not the best (first) epoch's
-    third = ckpt(tmp_path / "checkpoints" / "epoch0003.ckpt")["state_dict"]
+    third_snapshot = ckpt(tmp_path / "checkpoints" / "epoch0003.ckpt")
+    third = third_snapshot["state_dict"]
     first = ckpt(tmp_path / "checkpoints" / "epoch0001.ckpt")["state_dict"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")) == [
         "epoch0001.ckpt",
@@ -70,7 +71,7 @@ def test_last_ckpt_holds_the_last_epoch_when_val_loss_does_not_improve(tmp_path,
         "epoch0003.ckpt",
     ]
     # snapshots are full checkpoints, as last.ckpt: a run can go on from any of them
-    assert len(ckpt(tmp_path / "checkpoints" / "epoch0003.ckpt")["optimizer_states"]) == 1
+    assert len(third_snapshot["optimizer_states"]) == 1
     for k, v in last["state_dict"].items():
         assert torch.equal(v, third[k]), k
     assert any(not torch.equal(v, first[k]) for k, v in last["state_dict"].items())
