@@ -88,6 +88,39 @@ def test_reconstruction_from_logits_equals_the_sigmoid_formulation():
         losses.reconstruction(logits, x, "poisson")
 
 
+def test_bernoulli_reconstruction_has_the_values_and_gradients_of_torchs_bce_with_logits():
+    """The written-out Bernoulli loss (losses._BernoulliNLL) against torch's
+    ``binary_cross_entropy_with_logits`` summed over the pixels: values and gradients for logits and
+    targets, with the targets broadcast over the K decoder passes as the marginal reconstruction does,
+    logits far in both tails included; and its gradient against finite differences in float64."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 10, 784) * 4
+    logits[0, 0, :4] = torch.tensor([40.0, -40.0, 100.0, -100.0])  # e^-|l| below float32's 1 + 2^-24
+    x = torch.rand(4, 1, 784)
+    x[0, 0, :4] = torch.tensor([0.0, 1.0, 0.5, 0.25])
+
+    def value_and_grads(fn):
+        lg, xg = logits.clone().requires_grad_(), x.clone().requires_grad_()
+        value = fn(lg, xg)
+        (value * torch.linspace(0.5, 2.0, value.numel()).view_as(value)).sum().backward()
+        return value, lg.grad, xg.grad
+
+    ours = value_and_grads(lambda lg, xg: losses.reconstruction(lg, xg, "bernoulli"))
+    ref = value_and_grads(
+        lambda lg, xg: F.binary_cross_entropy_with_logits(lg, xg.expand_as(lg), reduction="none").sum(-1)
+    )
+    assert ours[0].shape == (4, 10) and ours[2].shape == x.shape
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-5, atol=1e-4)
+    assert ours[0][0, 0] > 0 and torch.isfinite(ours[1]).all()
+
+    small_l = (torch.randn(2, 3, 5, dtype=torch.float64) * 3).requires_grad_()
+    small_x = torch.rand(2, 3, 5, dtype=torch.float64).requires_grad_()
+    # the Function itself (reconstruction() computes in float32)
+    assert torch.autograd.gradcheck(losses._BernoulliNLL.apply, (small_l, small_x))
+
+
 def test_gaussian_reconstruction_is_the_sum_over_steps_of_each_steps_mean_squared_error():
     """Appendix C: "the sum of the mean squared error of each time step" (28 steps of 28 values)."""
     torch.manual_seed(0)
