@@ -728,6 +728,15 @@ def profile_group(evt, rows: int, recon_numel: int) -> str:
     return "other"
 
 
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (0 where the ``resource`` module is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench_profile(data_dir: str, device_name: str, steps: int, precision: str, top: int = 12) -> None:
     """``torch.profiler`` over ``steps`` bare InfoCatVAE-MLP training steps (after 3 warm-up steps): self CPU
     time per group of ``profile_group``, as shares of all ops' self time."""
@@ -756,11 +765,13 @@ def bench_profile(data_dir: str, device_name: str, steps: int, precision: str, t
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
         sync(device)
+        faults = minor_page_faults()
         t = time.perf_counter()
         for i in range(steps):
             step(3 + i)
         sync(device)
         wall = time.perf_counter() - t
+        faults = minor_page_faults() - faults
     groups: dict[str, float] = dict.fromkeys(
         ("recon_elementwise", "decoder_matmul", "decoder_elementwise", "adam", "other_matmul", "other"), 0.0
     )
@@ -789,6 +800,8 @@ def bench_profile(data_dir: str, device_name: str, steps: int, precision: str, t
             "steps": steps,
             "wall_ms_per_step": round(1e3 * wall / steps, 2),
             "ops_ms_per_step": round(total / 1e3 / steps, 2),
+            # pages the kernel mapped afresh: thousands a step make fresh tensors' first writes the cost
+            "minor_page_faults_per_step": round(faults / steps, 1),
             # Python, autograd bookkeeping between ops and the profiler's own cost
             "outside_ops_share": round(1 - total / 1e6 / wall, 3),
             "shares": {k: round(v / total, 3) for k, v in groups.items()},
