@@ -96,12 +96,13 @@ def reconstruction(
     """−log p(x|z) up to a constant, from the decoder's logits (pre-sigmoid outputs).
 
     ``bernoulli``: binary cross-entropy of the pixels, summed (the static-image decoder of
-    appendix B), the values and gradients of ``binary_cross_entropy_with_logits`` (``_BernoulliNLL``),
-    exact where a sigmoid would round to 0 or 1 (no clamp of log 0). ``gaussian``: appendix C's sequence loss, "the sum
-    of the mean squared error of each time step": the squared error of the pixel values
-    sigmoid(logits), averaged over the ``step_size`` values of each step (a 28-pixel row) and
-    summed over the steps. Both tensors are flat in their last axis and broadcast against each
-    other (the marginal reconstruction passes ``logits`` [B, K, D] with ``x`` [B, 1, D]).
+    appendix B), with the values and gradients of ``binary_cross_entropy_with_logits``
+    (``_BernoulliNLL``): exact where a sigmoid would round to 0 or 1 (no clamp of log 0).
+    ``gaussian``: appendix C's sequence loss, "the sum of the mean squared error of each time
+    step": the squared error of the pixel values sigmoid(logits), averaged over the ``step_size``
+    values of each step (a 28-pixel row) and summed over the steps. Both tensors are flat in their
+    last axis and broadcast against each other (the marginal reconstruction passes ``logits``
+    [B, K, D] with ``x`` [B, 1, D]).
     """
     # In float32 outside autocast: the sums over 784 pixels lose digits in bf16.
     with torch.autocast(device_type=logits.device.type, enabled=False):
