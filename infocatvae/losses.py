@@ -78,7 +78,7 @@ class _BernoulliNLL(torch.autograd.Function):
         ctx.save_for_backward(logits, x)
         # softplus(l) − l·x = max(l, 0) − l·x + log(1 + e^−|l|), in place on one fresh tensor
         out = logits.abs().neg_().exp_().add_(1.0).log_()
-        return out.add_(logits.clamp(min=0.0)).sub_(logits * x).sum(-1)
+        return out.add_(logits.clamp(min=0.0)).addcmul_(logits, x, value=-1.0).sum(-1)
 
     @staticmethod
     @once_differentiable
