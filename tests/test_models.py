@@ -454,3 +454,34 @@ def test_reparameterisation_draws_the_same_numbers_whatever_the_codes_layout():
     torch.manual_seed(0)
     eps = torch.randn(8, 5, 4)
     torch.testing.assert_close(z_row_major, mu + eps * (0.5 * logvar).exp(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["infocatvae", "aae model.K=10"])
+def test_validation_and_test_terms_are_the_image_weighted_means_logged_once_per_epoch(model, images, tmp_path):
+    """``val/<term>`` and ``test/<term>`` are each term's mean over the epoch's images (batches of 16, 16 and 8,
+    so weighted by batch size), the same as the model's own terms computed batch by batch under the same
+    seed; ``self.log`` is called once per key and epoch, not once per batch (0.25 ms or more a call)."""
+    import lightning as L
+
+    x, y = batch(images, False)[:40], images[1][:40]
+    torch.manual_seed(0)
+    m = build(f"model={model}", tmp_path)
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m.eval()
+        per_batch = [(m.losses(xb), len(xb)) for xb, _ in loader]
+    expected = {k: sum(t[k] * n for t, n in per_batch) / len(x) for k in per_batch[0][0]}
+    calls = []
+    log = m.log
+    m.log = lambda name, *a, **kw: (calls.append(name), log(name, *a, **kw))[1]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        calls.clear()
+        torch.manual_seed(3)
+        out = run(m, dataloaders=loader, verbose=False)[0]
+        for k, v in expected.items():
+            torch.testing.assert_close(torch.tensor(out[f"{stage}/{k}"]), v.float(), rtol=1e-5, atol=1e-5)
+        logged = [c for c in calls if c.startswith(f"{stage}/")]
+        keys = [*expected, "cluster_acc", "nmi", "ari"]
+        assert sorted(logged) == sorted(f"{stage}/{k}" for k in keys)
