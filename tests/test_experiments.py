@@ -297,3 +297,37 @@ def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results
     assert 1.5 < width / height < 3.5
     convergence.main()  # evaluated snapshots are read back, not evaluated again
     assert len(calls) == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_unpacks_the_kits_data_and_records_each_phase(tmp_path, data_dir):
+    """``experiments/gpu_check.py run --smoke`` (the GPU checks' plumbing on the CPU): with a kit holding
+    MNIST's .gz files and no usable data folder otherwise, it trains from the unpacked files, records each
+    epoch's time and losses and the bench's records, in at most eight flat files (the device tool's limit)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    raw = tmp_path / "kit" / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in Path(data_dir, "MNIST", "raw").glob("*-ubyte.gz"):
+        shutil.copyfile(f, raw / f.name)
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(os.environ, INFOCATVAE_DATA_DIR=str(tmp_path / "no_data_here"))
+    cmd = [sys.executable, "experiments/gpu_check.py", "run", str(out), "--kit", str(tmp_path / "kit")]
+    subprocess.run([*cmd, "--work", str(work), "--smoke"], cwd=root, env=env, check=True, timeout=600)
+
+    assert (work / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 47040016
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() for f in files)
+    summary = json.loads((out / "summary.json").read_text())
+    train = summary["phases"]["train_eager"]
+    assert train["rc"] == 0 and [e["epoch"] for e in train["epochs"]] == [1, 2]
+    assert all(e["seconds"] > 0 and 0 < e["train_loss"] < 2000 and 0 < e["val_loss"] < 2000 for e in train["epochs"])
+    assert summary["phases"]["bench"]["rc"] == 0
+    records = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
+    baseline = next(r for r in records if r["record"] == "baseline")
+    assert baseline["today_img_per_s"] > 0 and baseline["baseline_img_per_s"] > 0
