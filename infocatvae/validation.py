@@ -63,6 +63,13 @@ def probability() -> Rule:
     return Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
 
 
+def boolean(nullable: bool = False) -> Rule:
+    # a YAML or command-line true/false; "yes", 1 or "maybe" would be read as true by an ``if`` downstream
+    return Rule(
+        f"{'null, ' if nullable else ''}true or false", lambda v: (nullable and v is None) or isinstance(v, bool)
+    )
+
+
 def one_of(values: Iterable[Any], nullable: bool = False) -> Rule:
     values = list(values)
     return Rule(f"{'null or ' if nullable else ''}one of {values}", lambda v: (nullable and v is None) or v in values)
@@ -88,7 +95,9 @@ RULES: dict[str, Rule] = {
     "model.disc_hidden": integer(1),
     "model.disc_layers": integer(0),
     "model.disc_noise": number(0),
+    "model.learn_prior_logvar": boolean(),
     "model.optimizer.lr": number(0, above=True),
+    "model.optimizer.fused": boolean(nullable=True),  # null: torch chooses
     "model.gen_optimizer.lr": number(0, above=True),
     "model.disc_optimizer.lr": number(0, above=True),
     # conf/net/*.yaml
@@ -106,18 +115,29 @@ RULES: dict[str, Rule] = {
     "data.val_size": integer(1, 59999),  # held out of the 60K training images
     "data.split_seed": integer(0),
     "data.shuffle_seed": integer(0),
+    "data.sequential": boolean(),
+    "data.on_device": boolean(),
+    "data.download": boolean(),
     # conf/train.yaml, conf/callbacks/default.yaml
     "seed": integer(0),
+    "test": boolean(),
+    "compile": boolean(),
     "threads": integer(1, nullable=True),
     "callbacks.snapshots.every_n_epochs": integer(0),
     "callbacks.finite_loss.check_every_n_steps": integer(1, nullable=True),
     "callbacks.images.every_n_epochs": integer(1),
     # conf/eval.yaml
     "device": Rule("auto, cpu, cuda or cuda:<index>", lambda v: v in ("auto", "cpu", "cuda") or _cuda_index(v)),
+    "infer_data": boolean(),
     "batch_size": integer(1),
     "n_test": integer(1, nullable=True),
     "n_generated": integer(1),
+    "info.enabled": boolean(),
     "info.n_samples": integer(1),
+    "kde.enabled": boolean(),
+    "parzen.enabled": boolean(),
+    "reader.enabled": boolean(),
+    "figures.enabled": boolean(),
     "kde.fit_size": integer(2, nullable=True),
     "kde.folds": integer(2),
     "kde.chunk_size": integer(1),

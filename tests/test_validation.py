@@ -60,6 +60,10 @@ def refused(name: str, overrides: list[str]) -> str:
         ("data.batch_size=0", "data.batch_size must be an integer >= 1"),
         ("data.val_size=70000", "data.val_size must be an integer in [1, 59999], got 70000"),
         ("threads=0", "threads must be null or an integer >= 1, got 0"),
+        ("compile=maybe", "compile must be true or false, got 'maybe'"),
+        ("test=1", "test must be true or false, got 1"),
+        ("data.on_device=yes", "data.on_device must be true or false, got 'yes'"),
+        ("model.optimizer.fused=on", "model.optimizer.fused must be null, true or false, got 'on'"),
         ("callbacks.snapshots.every_n_epochs=-5", "callbacks.snapshots.every_n_epochs must be an integer >= 0"),
         (
             "model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
@@ -75,6 +79,7 @@ def test_bad_training_values_name_field_rule_and_value(override, message):
     "model,override,message",
     [
         ("catvae_free", "model.prior_init=zeros", "model.prior_init must be one of ['block', 'random']"),
+        ("catvae_free", "model.learn_prior_logvar=2", "model.learn_prior_logvar must be true or false, got 2"),
         ("aae", "model.d=0", "model.d must be an integer >= 1"),
         ("aae", "model.disc_layers=-1", "model.disc_layers must be an integer >= 0"),
         ("aae", "model.disc_noise=-0.1", "model.disc_noise must be a number >= 0, got -0.1"),
@@ -106,6 +111,8 @@ def test_fields_of_one_model_are_checked_where_they_exist(model, override, messa
         ("reader.epochs=0", "reader.epochs must be an integer >= 1"),
         ("reader.n_per_category=0", "reader.n_per_category must be an integer >= 1"),
         ("n_generated=0", "n_generated must be an integer >= 1"),
+        ("info.enabled=no", "info.enabled must be true or false, got 'no'"),
+        ("infer_data=0", "infer_data must be true or false, got 0"),
     ],
 )
 def test_bad_evaluation_values_name_the_field(override, message):
