@@ -126,6 +126,10 @@ RULES: dict[str, Rule] = {
     "callbacks.snapshots.every_n_epochs": integer(0),
     "callbacks.finite_loss.check_every_n_steps": integer(1, nullable=True),
     "callbacks.images.every_n_epochs": integer(1),
+    "callbacks.images.n_images": integer(1),
+    # conf/trainer/*.yaml: Lightning checks most of its own arguments when the Trainer is built, not this one's
+    # type (max_epochs=abc trained until the first epoch's end); -1: no limit, null: Lightning's default
+    "trainer.max_epochs": integer(-1, nullable=True),
     # conf/eval.yaml
     "device": Rule("auto, cpu, cuda or cuda:<index>", lambda v: v in ("auto", "cpu", "cuda") or _cuda_index(v)),
     "infer_data": boolean(),

@@ -61,6 +61,8 @@ def refused(name: str, overrides: list[str]) -> str:
         ("data.val_size=70000", "data.val_size must be an integer in [1, 59999], got 70000"),
         ("threads=0", "threads must be null or an integer >= 1, got 0"),
         ("compile=maybe", "compile must be true or false, got 'maybe'"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs must be null or an integer >= -1, got 'abc'"),
+        ("callbacks.images.n_images=0", "callbacks.images.n_images must be an integer >= 1, got 0"),
         ("test=1", "test must be true or false, got 1"),
         ("data.on_device=yes", "data.on_device must be true or false, got 'yes'"),
         ("model.optimizer.fused=on", "model.optimizer.fused must be null, true or false, got 'on'"),
