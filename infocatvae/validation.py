@@ -59,6 +59,13 @@ def number(low: float, above: bool = False) -> Rule:
     )
 
 
+def positive_numbers() -> Rule:
+    return Rule(
+        "a non-empty list of numbers > 0",
+        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
+    )
+
+
 def probability() -> Rule:
     return Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
 
@@ -142,9 +149,11 @@ RULES: dict[str, Rule] = {
     "parzen.enabled": boolean(),
     "reader.enabled": boolean(),
     "figures.enabled": boolean(),
+    "kde.bandwidths": positive_numbers(),
     "kde.fit_size": integer(2, nullable=True),
     "kde.folds": integer(2),
     "kde.chunk_size": integer(1),
+    "parzen.bandwidths": positive_numbers(),
     "parzen.bandwidth_split": one_of(("val", "train")),
     "parzen.n_valid": integer(1, nullable=True),
     "parzen.chunk_size": integer(1),
