@@ -2,14 +2,14 @@
 
 Here, on a machine that reaches pip's registries::
 
-    python experiments/gpu_check.py kit
+    python -m experiments.gpu_check kit
 
 fills ``.gpu_kit/`` (git-ignored): wheels of what a bare GPU machine's Python (3.12, torch and Lightning
 installed, nothing to download) lacks, at the versions installed here (hydra-core, omegaconf, antlr4,
 submitit, hydra-submitit-launcher: about 0.5 MB), and MNIST's four ``.gz`` files (12 MB). There, in a
 copy of the repository with ``.gpu_kit/`` beside it::
 
-    python3 experiments/gpu_check.py run OUT
+    python3 -m experiments.gpu_check run OUT
 
 installs the wheels into a temporary folder, unpacks MNIST, and runs, each under its own time limit and
 all within ``--budget`` seconds (default 540):
@@ -24,8 +24,9 @@ eight flat files: ``summary.json`` (the machine; per training run its epoch time
 events, train and validation losses per epoch, GPU utilisation; each phase's command, exit status and
 wall time), ``<phase>.log`` and ``<phase>_gpu.csv``, ``bench.jsonl``. ``--smoke`` runs the same plumbing on
 a CPU in about a minute (``trainer=cpu``, two short epochs, no compiled run, the bench's baseline record
-alone): what ``tests/test_experiments.py`` runs. Nothing here imports the framework: the phases are
-subprocesses, so the wheels can be installed first.
+alone): what ``tests/test_experiments.py`` runs. Of the framework this imports only ``infocatvae.data``
+(torch and Lightning, which the GPU machine has); the phases are subprocesses, so the wheels can be
+installed first.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from infocatvae.data import RAW_FILES, default_data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / ".gpu_kit"
 # what the GPU machine's image lacks of pyproject.toml's dependencies (the device tool's KINDS.md lists the
@@ -51,11 +54,7 @@ KIT = ROOT / ".gpu_kit"
 WHEELS = ["hydra-core", "omegaconf", "antlr4-python3-runtime", "submitit", "hydra-submitit-launcher"]
 SOURCE_ONLY = {"antlr4-python3-runtime"}
 GPU_PYTHON = "3.12"
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("INFOCATVAE_DATA_DIR", ROOT.parent / "shared" / "data"))
+MNIST_FILES = [name for name, _ in RAW_FILES]
 
 
 def make_kit(kit: Path) -> None:
@@ -73,10 +72,10 @@ def make_kit(kit: Path) -> None:
         subprocess.run(cmd, check=True)
     raw = kit / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    src = data_dir() / "MNIST" / "raw"
+    src = Path(default_data_dir()) / "MNIST" / "raw"
     for f in MNIST_FILES:
         if not (src / f"{f}.gz").is_file():
-            sys.exit(f"gpu_check kit: {src / f}.gz not found (INFOCATVAE_DATA_DIR={data_dir()})")
+            sys.exit(f"gpu_check kit: {src / f}.gz not found (set INFOCATVAE_DATA_DIR to the data folder)")
         shutil.copyfile(src / f"{f}.gz", raw / f"{f}.gz")
     size = sum(p.stat().st_size for p in kit.rglob("*") if p.is_file())
     print(f"{kit}: {len(list(wheels.glob('*.whl')))} wheels, MNIST; {size / 2**20:.1f} MiB")

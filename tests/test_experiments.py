@@ -301,7 +301,7 @@ def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results
 
 @pytest.mark.slow
 def test_gpu_check_smoke_unpacks_the_kits_data_and_records_each_phase(tmp_path, data_dir):
-    """``experiments/gpu_check.py run --smoke`` (the GPU checks' plumbing on the CPU): with a kit holding
+    """``python -m experiments.gpu_check run --smoke`` (the GPU checks' plumbing on the CPU): with a kit holding
     MNIST's .gz files and no usable data folder otherwise, it trains from the unpacked files, records each
     epoch's time and losses and the bench's records, in at most eight flat files (the device tool's limit)."""
     import json
@@ -317,7 +317,7 @@ def test_gpu_check_smoke_unpacks_the_kits_data_and_records_each_phase(tmp_path, 
         shutil.copyfile(f, raw / f.name)
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, INFOCATVAE_DATA_DIR=str(tmp_path / "no_data_here"))
-    cmd = [sys.executable, "experiments/gpu_check.py", "run", str(out), "--kit", str(tmp_path / "kit")]
+    cmd = [sys.executable, "-m", "experiments.gpu_check", "run", str(out), "--kit", str(tmp_path / "kit")]
     subprocess.run([*cmd, "--work", str(work), "--smoke"], cwd=root, env=env, check=True, timeout=600)
 
     assert (work / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 47040016
