@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from infocatvae.hardware import bf16_flags, cpu_model
+from infocatvae.loggers import read_scalars
 from infocatvae.runs import last_ckpt, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,15 +133,10 @@ def hardware() -> str:
 def epoch_times(run_dir: Path) -> tuple[float | None, float | None]:
     """(median seconds per epoch, seconds from the first to the last epoch end, pauses included),
     read from the wall times of the epoch-level training loss in TensorBoard."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not (run_dir / "tensorboard").is_dir():
+    events = read_scalars(run_dir, ["train/loss_epoch"]).get("train/loss_epoch")
+    if not events:
         return None, None
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    if "train/loss_epoch" not in acc.Tags()["scalars"]:
-        return None, None
-    t = sorted(e.wall_time for e in acc.Scalars("train/loss_epoch"))
+    t = sorted(e.wall_time for e in events)
     gaps = [b - a for a, b in zip(t, t[1:])]
     return (statistics.median(gaps) if gaps else None), (t[-1] - t[0] if len(t) > 1 else None)
 

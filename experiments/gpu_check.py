@@ -25,8 +25,8 @@ events, train and validation losses per epoch, GPU utilisation; each phase's com
 wall time), ``<phase>.log`` and ``<phase>_gpu.csv``, ``bench.jsonl``. ``--smoke`` runs the same plumbing on
 a CPU in about a minute (``trainer=cpu``, two short epochs, no compiled run, the bench's baseline record
 alone): what ``tests/test_experiments.py`` runs. Of the framework this imports only ``infocatvae.data``
-(torch and Lightning, which the GPU machine has); the phases are subprocesses, so the wheels can be
-installed first.
+and ``infocatvae.loggers`` (torch, Lightning and TensorBoard, which the GPU machine has, no Hydra); the
+phases are subprocesses, so the wheels can be installed first.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 from infocatvae.data import RAW_FILES, default_data_dir
+from infocatvae.loggers import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / ".gpu_kit"
@@ -143,12 +144,7 @@ def gpu_usage(csv: Path) -> dict:
 def run_summary(run_dir: Path, started: float) -> dict:
     """Per epoch: the seconds since the previous epoch's end (the first: since the command started, so with
     the process's start, the data's load and any compilation) and the logged losses, from TensorBoard."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    tags = acc.Tags()["scalars"]
-    series = {tag: acc.Scalars(tag) for tag in ("train/loss_epoch", "val/loss") if tag in tags}
+    series = read_scalars(run_dir, ["train/loss_epoch", "val/loss"])
     ends = [e.wall_time for e in series.get("train/loss_epoch", [])]
     seconds = [round(b - a, 3) for a, b in zip([started, *ends], ends)]
     epochs = [

@@ -13,6 +13,8 @@ continue too:
 
 MLflow and W&B are optional dependencies (``pip install 'infocatvae[mlflow]'``, ``'infocatvae[wandb]'``):
 without them these loggers raise an ImportError naming the extra, before any training.
+
+:func:`read_scalars` reads back what the TensorBoard logger wrote, for the scripts that report a run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import importlib
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,21 @@ def require(module: str, extra: str) -> None:
             f"the {extra} logger needs the optional package '{module}', which is not installed: "
             f"pip install 'infocatvae[{extra}]' (or choose another logger=...)"
         ) from err
+
+
+def read_scalars(run_dir: Path, tags: Iterable[str] | None = None) -> dict[str, list]:
+    """The scalars of a run folder's ``tensorboard/`` events: tag -> its events (``wall_time``, ``step``,
+    ``value``), all of them (TensorBoard's reader keeps a sample of 10,000 by default). Every tag, or those
+    of ``tags`` that were logged; empty when the run has no TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = Path(run_dir) / "tensorboard"
+    if not folder.is_dir():
+        return {}
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = acc.Tags()["scalars"]
+    return {tag: acc.Scalars(tag) for tag in (logged if tags is None else tags) if tag in logged}
 
 
 def read_run_id(path: Path) -> str | None:

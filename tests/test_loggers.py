@@ -271,3 +271,26 @@ def test_cli_without_wandb_stops_before_training_naming_the_extra(tmp_path):
     assert not (run / "checkpoints").exists()
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "infocatvae[wandb]" in status["error"] and status["step"] is None
+
+
+def test_read_scalars_returns_every_event_of_the_tags_asked_for(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from infocatvae.loggers import read_scalars
+
+    assert read_scalars(tmp_path) == {}  # no tensorboard/ folder
+    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    n = 10_050  # more than the 10,000 events TensorBoard's reader keeps of a tag by default
+    for step in range(n):
+        writer.add_scalar("train/loss_step", float(step) / 2, step)
+    for epoch in range(3):
+        writer.add_scalar("val/loss", 100.0 - epoch, epoch)
+    writer.close()
+
+    every = read_scalars(tmp_path)
+    assert set(every) == {"train/loss_step", "val/loss"}
+    assert [e.step for e in every["train/loss_step"]] == list(range(n))
+    assert [e.value for e in every["train/loss_step"]][-1] == (n - 1) / 2
+    asked = read_scalars(tmp_path, ["val/loss", "val/never_logged"])
+    assert list(asked) == ["val/loss"]
+    assert [(e.step, e.value) for e in asked["val/loss"]] == [(0, 100.0), (1, 99.0), (2, 98.0)]
