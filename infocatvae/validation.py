@@ -66,6 +66,20 @@ def positive_numbers() -> Rule:
     )
 
 
+def batches(low: int) -> Rule:
+    """Lightning's way to count batches: an integer (that many) or a float in [0, 1] (that fraction); null:
+    Lightning's default. Lightning checks the range when the Trainer is built, but not the type."""
+    fraction = "[0, 1]" if low == 0 else "(0, 1]"
+    return Rule(
+        f"null, an integer >= {low} (batches) or a number in {fraction} (a fraction)",
+        lambda v: (
+            v is None
+            or (_is_int(v) and v >= low)
+            or (isinstance(v, float) and (0 <= v <= 1 if low == 0 else 0 < v <= 1))
+        ),
+    )
+
+
 def probability() -> Rule:
     return Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
 
@@ -137,6 +151,16 @@ RULES: dict[str, Rule] = {
     # conf/trainer/*.yaml: Lightning checks most of its own arguments when the Trainer is built, not this one's
     # type (max_epochs=abc trained until the first epoch's end); -1: no limit, null: Lightning's default
     "trainer.max_epochs": integer(-1, nullable=True),
+    # limit_val_batches=abc failed inside Lightning with "'<=' not supported between 'int' and 'str'"
+    "trainer.limit_train_batches": batches(0),
+    "trainer.limit_val_batches": batches(0),
+    "trainer.limit_test_batches": batches(0),
+    "trainer.val_check_interval": batches(1),
+    # Lightning skips clipping for any value <= 0, so a negative one would train unclipped without a word
+    "trainer.gradient_clip_val": Rule("null or a number >= 0 (0: no clipping)", lambda v: v is None or number(0).ok(v)),
+    "trainer.accumulate_grad_batches": integer(1),
+    "trainer.log_every_n_steps": integer(0),  # 0: no step-level logging (Lightning's reading)
+    "trainer.check_val_every_n_epoch": integer(1, nullable=True),
     # conf/eval.yaml
     "device": Rule("auto, cpu, cuda or cuda:<index>", lambda v: v in ("auto", "cpu", "cuda") or _cuda_index(v)),
     "infer_data": boolean(),

@@ -62,6 +62,17 @@ def refused(name: str, overrides: list[str]) -> str:
         ("threads=0", "threads must be null or an integer >= 1, got 0"),
         ("compile=maybe", "compile must be true or false, got 'maybe'"),
         ("trainer.max_epochs=abc", "trainer.max_epochs must be null or an integer >= -1, got 'abc'"),
+        (
+            "trainer.limit_val_batches=abc",
+            "trainer.limit_val_batches must be null, an integer >= 0 (batches) or a number in [0, 1] (a fraction), "
+            "got 'abc'",
+        ),
+        ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches must be null, an integer >= 0"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval must be null, an integer >= 1 (batches)"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be null or a number >= 0 (0: no clipping)"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps must be an integer >= 0, got -1"),
+        ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch must be null or an integer >= 1"),
         ("callbacks.images.n_images=0", "callbacks.images.n_images must be an integer >= 1, got 0"),
         ("test=1", "test must be true or false, got 1"),
         ("data.on_device=yes", "data.on_device must be true or false, got 'yes'"),
@@ -128,6 +139,24 @@ def test_bad_evaluation_values_name_the_field(override, message):
 @pytest.mark.parametrize("net,data", [("mlp", "mnist"), ("gru", "seq_mnist"), ("mlp", "fashion_mnist")])
 def test_every_shipped_combination_passes(model, net, data):
     validation.check(composed("train", [f"model={model}", f"net={net}", f"data={data}"]))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.limit_train_batches=5 trainer.limit_val_batches=0.25 trainer.limit_test_batches=0",
+        "trainer.limit_val_batches=1.0 trainer.val_check_interval=0.5 trainer.gradient_clip_val=0",
+        "trainer.val_check_interval=100 trainer.gradient_clip_val=0.5 trainer.log_every_n_steps=0",
+        "trainer.check_val_every_n_epoch=null trainer.accumulate_grad_batches=4",
+    ],
+)
+def test_lightnings_batch_counts_and_fractions_pass(override):
+    validation.check(composed("train", override.split()))
+
+
+@pytest.mark.parametrize("debug", ["tiny", "fdr", "overfit", "profiler"])
+def test_the_debug_configs_pass(debug):
+    validation.check(composed("train", [f"debug={debug}"]))
 
 
 def test_the_shipped_evaluation_config_passes_and_cuda_indices_are_allowed():
