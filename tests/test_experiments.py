@@ -72,6 +72,40 @@ def test_experiment_scripts_use_existing_configs():
     assert named and named <= files, ("clustering.py", named - files)
 
 
+def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_path):
+    """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows and the FashionMNIST InfoCatVAE, the same
+    ``infocatvae.train`` command as ``table1.py``/``fig3.py``/``fig4.py --epochs 600`` (``common.train``), so
+    the scripts find those runs finished; a second argument other than 600 is refused before any run."""
+    import os
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+
+    repo = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "python"  # records each command line instead of training
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls")}
+    logs = tmp_path / "logs"
+    script = ["bash", "experiments/long_runs.sh", str(logs)]
+    done = subprocess.run([*script, "600"], cwd=repo, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+
+    args = common.parser("").parse_args(["--epochs", "600", "--log-dir", str(logs)])
+    expected = []
+    for exp in ("table1_aae", "table1_catvae", "table1_infocatvae", "fig34_infocatvae_fashion"):
+        cmd = common.train_command(logs / "experiments" / common.run_name(exp, args), [f"experiment={exp}"], args)
+        expected.append(" ".join(cmd[1:]))  # without the interpreter
+    assert calls == expected
+
+    bad = subprocess.run([*script, "60"], cwd=repo, env=env, capture_output=True)
+    assert bad.returncode == 2 and b"may only be 600" in bad.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == len(expected)  # nothing more was run
+
+
 def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, monkeypatch):
     """``common.evaluate`` reruns ``infocatvae.evaluate`` unless the stored evaluation has the same overrides
     and is newer than the checkpoint."""
