@@ -91,7 +91,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     n_test = cfg.n_test or len(dm.test_set)
     x_test = dm.scale(dm.test_set.images[:n_test]).to(device)
     y_test = dm.test_set.labels[:n_test]
@@ -111,10 +110,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     results.update(metrics.test_metrics(model, x_test, y_test, cfg.batch_size))
     if cfg.info.enabled and model.K > 1:
+        # Each draw of generated samples starts from the seed: the categories from a generator of its own, z
+        # from the global generator as the info metrics found it, restored after them. So the samples of the
+        # densities below are those of an evaluation with info.enabled=false (before, they followed the
+        # info metrics' draws, and turning those on moved kde_ll by the sample noise).
         view = lambda x: dm.as_view(x).to(device)  # noqa: E731
-        results.update(metrics.info_metrics(model, cfg.info.n_samples, cfg.batch_size, view, gen))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            gen = torch.Generator().manual_seed(cfg.seed)
+            results.update(metrics.info_metrics(model, cfg.info.n_samples, cfg.batch_size, view, gen))
     if cfg.kde.enabled or cfg.parzen.enabled:
-        _, x_gen = metrics.generate(model, cfg.n_generated, cfg.batch_size, gen)
+        _, x_gen = metrics.generate(model, cfg.n_generated, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
         x_gen = x_gen.cpu()
         results["n_generated"] = len(x_gen)
         flat = lambda images: images.reshape(len(images), -1).float().div_(255.0)  # noqa: E731
