@@ -365,3 +365,18 @@ def test_gpu_check_smoke_unpacks_the_kits_data_and_records_each_phase(tmp_path, 
     records = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     baseline = next(r for r in records if r["record"] == "baseline")
     assert baseline["today_img_per_s"] > 0 and baseline["baseline_img_per_s"] > 0
+
+
+def test_gpu_check_imports_no_hydra_before_the_kits_wheels_are_installed():
+    """On the GPU machine hydra-core and omegaconf arrive with the kit's wheels, installed for the training
+    subprocesses only: the parent process must run without them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import experiments.gpu_check; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'antlr4', 'submitit')))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
