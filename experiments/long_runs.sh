@@ -7,7 +7,7 @@
 # experiments/common.py, so table1.py, fig3.py, ... with the same --epochs and --log-dir reuse them.
 # With a second argument 600, it trains instead the MLP runs at the paper's 600 epochs: Table 1's three
 # rows and the FashionMNIST InfoCatVAE of Figures 3 and 4 (1.8 to 2.3 h each measured on 2 CPU cores):
-#   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae 600 > long_runs.log 2>&1 &
+#   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae 600 > long_runs_600.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
 L=${1:-logs}
