@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import hardware, validation
@@ -48,6 +50,28 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
     walk("", keep)
     return flat
+
+
+def quiet_known_warnings() -> None:
+    """Silences the warnings of Lightning that give a user of this framework nothing to act on."""
+    # In-memory batches need no worker processes (see data.py).
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # resuming into the run's own checkpoints/ folder is the point, not a mistake
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+    # Lightning 2.6's own batch flattening builds torch's deprecated LeafSpec (a FutureWarning of torch
+    # >= 2.10, twice a run, pointing into Lightning): nothing a user of this framework can change
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    # Where srun exists (a cluster's login node), every check for SLURM advises prepending srun to the
+    # command, three times a job; this framework's jobs reach SLURM through hydra/launcher=slurm, which
+    # train() says once instead (slurm_hint).
+    warnings.filterwarnings("ignore", r"The `srun` command is available", PossibleUserWarning)
+
+
+def slurm_hint() -> str | None:
+    """What to tell a job started outside SLURM on a machine where SLURM's ``srun`` exists (None elsewhere)."""
+    if shutil.which("srun") is None or "SLURM_JOB_ID" in os.environ:
+        return None
+    return "SLURM's srun is on this machine; this job runs here (hydra/launcher=slurm sends jobs to SLURM)"
 
 
 def trainer_plugins() -> list[Any]:
@@ -113,6 +137,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             hardware.MMAP_THRESHOLD >> 20,
             hardware.TRIM_THRESHOLD >> 20,
         )
+    quiet_known_warnings()
+    if hint := slurm_hint():
+        log.info(hint)
     check_output_dir(run_dir)
     with RunLock(run_dir):
         return _train_locked(cfg, run_dir)
@@ -157,13 +184,6 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             model.compile_losses()
 
         job.running(model=cfg.model._target_, max_epochs=max_epochs, resumed_from=ckpt_path)
-        # In-memory batches need no worker processes (see data.py).
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        # resuming into the run's own checkpoints/ folder is the point, not a mistake
-        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        # Lightning 2.6's own batch flattening builds torch's deprecated LeafSpec (a FutureWarning of torch
-        # >= 2.10, twice a run, pointing into Lightning): nothing a user of this framework can change
-        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt

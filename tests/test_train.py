@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +11,13 @@ from pathlib import Path
 import hydra.utils
 import pytest
 import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from infocatvae.checkpoints import load_model
 from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE
 from infocatvae.runs import read_status
-from infocatvae.train import train
+from infocatvae.train import slurm_hint, train
 from tests.helpers import DATA_DIR, IMAGES, MODELS, TINY, make_cfg
 
 CLASSES = dict(zip(MODELS, (CatVAE, InfoCatVAE, FreePriorCatVAE, AAE)))  # the class each conf/model option builds
@@ -65,6 +69,29 @@ def test_short_training_writes_checkpoint_and_events_then_resumes(model, tmp_pat
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
     assert read_status(run)["resumed_from"] == str(ckpt)
     assert len(_events(run)) >= 2  # the curves continue in the same TensorBoard folder
+
+
+def test_a_job_started_beside_slurm_says_once_how_to_reach_it_instead_of_lightnings_srun_advice(
+    tmp_path, monkeypatch, recwarn, caplog, data_dir
+):
+    bin_dir = tmp_path / "bin"  # a login node's srun (never run here)
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for var in [v for v in os.environ if v.startswith("SLURM_")]:
+        monkeypatch.delenv(var)
+    with pytest.warns(PossibleUserWarning, match="prepend your python command with `srun`"):
+        SLURMEnvironment.detect()  # premise: what Lightning says, three times a job, unless told otherwise
+    with caplog.at_level(logging.INFO, logger="infocatvae.train"):
+        train(make_cfg(TINY, tmp_path / "run"))
+    assert read_status(tmp_path / "run")["status"] == "completed"
+    assert [str(w.message) for w in recwarn if "srun" in str(w.message)] == []
+    hint = slurm_hint()
+    assert hint and "hydra/launcher=slurm" in hint
+    assert [r.getMessage() for r in caplog.records if "srun" in r.getMessage()] == [hint]
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # inside a SLURM job there is nothing to say
+    assert slurm_hint() is None
 
 
 @pytest.mark.slow
