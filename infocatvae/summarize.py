@@ -41,6 +41,7 @@ METRIC_ORDER = (
     "val/cluster_acc",
     "val/nmi",
     "val/ari",
+    "val/usage_perplexity",
 )
 SEED_KEY = "seed"
 

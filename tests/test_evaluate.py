@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -97,8 +98,20 @@ def test_evaluate_each_model(checkpoints, data_dir, tmp_path, name):
     if catvae_family:
         assert m["test_elbo"] < 0 and finite(m["test_elbo"])
     has_categories = name != "aae"
-    for key in ("cluster_acc", "nmi", "ari", "info_ce", "info_ce_on_probs", "info_acc", *READER_KEYS):
+    for key in (
+        "cluster_acc",
+        "nmi",
+        "ari",
+        "usage_perplexity",
+        "category_usage",
+        *("info_ce", "info_ce_on_probs", "info_acc", *READER_KEYS),
+    ):
         assert (key in m) == has_categories, key
+    if has_categories:  # the shares of the 300 test images per category, and what they are worth
+        usage = np.array(m["category_usage"])
+        counts = usage * m["n_test"]
+        assert len(usage) == m["K"] and usage.sum() == pytest.approx(1.0) and np.allclose(counts, counts.round())
+        assert 1 <= m["usage_perplexity"] <= m["K"]
     if has_categories:
         assert 0 < m["gen_confidence"] <= 1 and 0 < m["gen_agreement"] <= 1 and 0 < m["reader_test_acc"] <= 1
         assert isinstance(m["gen_distinct"], int) and 1 <= m["gen_distinct"] <= 10

@@ -188,6 +188,23 @@ def test_cluster_acc_is_one_for_a_permuted_perfect_labelling():
     assert scores["nmi"] == pytest.approx(1.0) and scores["ari"] == pytest.approx(1.0)
 
 
+def test_category_usage_and_its_perplexity():
+    """Shares per category (unused ones 0) and exp(entropy), against scipy's entropy; K for equal use, 1 for one
+    category, and a category never predicted counts for nothing."""
+    from scipy.stats import entropy
+
+    pred = np.array([0] * 50 + [1] * 30 + [3] * 20)  # category 2 of 4 unused
+    usage = metrics.category_usage(pred, K=4)
+    np.testing.assert_allclose(usage, [0.5, 0.3, 0.0, 0.2])
+    assert metrics.usage_perplexity(usage) == pytest.approx(np.exp(entropy([0.5, 0.3, 0.2])))
+    assert metrics.usage_perplexity(metrics.category_usage(np.arange(1000) % 10, K=10)) == pytest.approx(10.0)
+    assert metrics.usage_perplexity(metrics.category_usage(np.full(7, 3), K=10)) == pytest.approx(1.0)
+    # in the clustering scores: K counts unused categories too (the largest index + 1 by default)
+    true = np.array([0] * 50 + [1] * 50)
+    scores = metrics.clustering_scores(true, pred, K=4)
+    assert scores["usage_perplexity"] == pytest.approx(np.exp(entropy(usage[usage > 0])))
+
+
 def test_cluster_acc_of_a_constructed_confusion():
     # labels 0,1,2 with 10 points each; cluster 2 holds all of label 0, cluster 0 holds 7 of
     # label 1 and 4 of label 2, cluster 1 the rest (3 of label 1, 6 of label 2).

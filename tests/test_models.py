@@ -483,5 +483,5 @@ def test_validation_and_test_terms_are_the_image_weighted_means_logged_once_per_
         for k, v in expected.items():
             torch.testing.assert_close(torch.tensor(out[f"{stage}/{k}"]), v.float(), rtol=1e-5, atol=1e-5)
         logged = [c for c in calls if c.startswith(f"{stage}/")]
-        keys = [*expected, "cluster_acc", "nmi", "ari"]
+        keys = [*expected, "cluster_acc", "nmi", "ari", "usage_perplexity"]
         assert sorted(logged) == sorted(f"{stage}/{k}" for k in keys)

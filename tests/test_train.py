@@ -139,7 +139,8 @@ def test_test_true_scores_the_test_images_like_validation(tmp_path):
     """``test=true``: after training, the 10K test images go through the same terms and clustering
     scores as validation, under ``test/``; returned by ``train`` and kept in ``status.json``."""
     metrics = train(make_cfg([*TINY, "model=infocatvae", "test=true", "trainer.limit_test_batches=null"], tmp_path))
-    for term in ("loss", "recon", "kl_cat", "kl_cont", "info", "marginal", "cluster_acc", "nmi", "ari"):
+    terms = ("loss", "recon", "kl_cat", "kl_cont", "info", "marginal", "cluster_acc", "nmi", "ari", "usage_perplexity")
+    for term in terms:
         assert f"test/{term}" in metrics and f"val/{term}" in metrics, term
     assert metrics["test/loss"] != metrics["val/loss"]  # other images
     status = read_status(tmp_path)

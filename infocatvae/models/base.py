@@ -203,7 +203,8 @@ class BaseModel(L.LightningModule):
         self._log_clustering("test")
 
     def _log_clustering(self, stage: str) -> None:
-        """``<stage>/cluster_acc``, ``<stage>/nmi`` and ``<stage>/ari`` of argmax q(c|x) over the whole epoch."""
+        """``<stage>/cluster_acc``, ``<stage>/nmi``, ``<stage>/ari`` and ``<stage>/usage_perplexity`` of argmax
+        q(c|x) over the whole epoch."""
         if not self._val_pred:
             return
         pred = self.all_gather(torch.cat(self._val_pred)).flatten().cpu().numpy()
@@ -215,6 +216,7 @@ class BaseModel(L.LightningModule):
         self.log(f"{stage}/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
         self.log(f"{stage}/nmi", float(scores["nmi"]), rank_zero_only=True)
         self.log(f"{stage}/ari", float(scores["ari"]), rank_zero_only=True)
+        self.log(f"{stage}/usage_perplexity", float(scores["usage_perplexity"]), rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[MODEL_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
