@@ -197,5 +197,16 @@ def write(name: str, lines: list[str]) -> Path:
     return path
 
 
+def usage_line(m: dict) -> str:
+    """Each category's share of the test images (row c of Figures 3 and 4 is category c) and their perplexity."""
+    if "category_usage" not in m:  # a reused evaluation from before they were measured (commit 7715984)
+        return "Shares of the test images per category: not in this evaluation (older); delete its metrics.json."
+    shares = ", ".join(f"{u:.3f}" for u in m["category_usage"])
+    return (
+        f"Share of the test images per category (argmax q(c|x); category 0 first): {shares}; "
+        f"`usage_perplexity` {m['usage_perplexity']:.2f} of K = {m['K']}."
+    )
+
+
 def fmt(v, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)

@@ -29,6 +29,7 @@ def main() -> None:
             "",
             f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
             f"NMI {common.fmt(m['nmi'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
+            common.usage_line(m),
             "",
         ]
     seconds = time.perf_counter() - start

@@ -36,6 +36,7 @@ def main() -> None:
         "",
         f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
         f"NMI {common.fmt(m['nmi'], 3)}, ARI {common.fmt(m['ari'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
+        common.usage_line(m),
         "",
         *common.setup_lines(args, seconds, [common.run_name(EXP, args)]),
         *common.full_run_note("fig4.py"),

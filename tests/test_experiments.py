@@ -380,3 +380,14 @@ def test_gpu_check_imports_no_hydra_before_the_kits_wheels_are_installed():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_figure_results_state_each_categorys_share_of_the_test_images():
+    """fig3.py/fig4.py print, beside the figures, the shares of ``metrics.json`` (row c is category c); an older
+    reused evaluation without them says so instead of failing."""
+    from experiments import common
+
+    m = {"category_usage": [0.5, 0.3, 0.0, 0.2], "usage_perplexity": 2.8001, "K": 4}
+    line = common.usage_line(m)
+    assert "0.500, 0.300, 0.000, 0.200" in line and "`usage_perplexity` 2.80 of K = 4" in line
+    assert "not in this evaluation" in common.usage_line({"cluster_acc": 0.5, "K": 4})
