@@ -46,17 +46,20 @@ def usage_perplexity(usage: np.ndarray) -> float:
     return float(np.exp(-(used * np.log(used)).sum()))
 
 
-def clustering_scores(true: np.ndarray, pred: np.ndarray, K: int | None = None) -> dict[str, float | str]:
-    """``cluster_acc`` (with ``cluster_acc_mapping``), ``nmi`` (arithmetic mean), ``ari`` and
-    ``usage_perplexity`` (of the K categories' shares; K defaults to the largest predicted index + 1)."""
+def clustering_scores(true: np.ndarray, pred: np.ndarray, K: int | None = None) -> dict[str, Any]:
+    """``cluster_acc`` (with ``cluster_acc_mapping``), ``nmi`` (arithmetic mean), ``ari``, the K categories'
+    shares ``category_usage`` (a list) and their ``usage_perplexity``; K defaults to the largest predicted
+    index + 1."""
     acc, mapping = cluster_acc(true, pred, K)
     K = int(np.max(pred)) + 1 if K is None else K
+    usage = category_usage(pred, K)
     return {
         "cluster_acc": acc,
         "cluster_acc_mapping": mapping,
         "nmi": float(normalized_mutual_info_score(true, pred, average_method="arithmetic")),
         "ari": float(adjusted_rand_score(true, pred)),
-        "usage_perplexity": usage_perplexity(category_usage(pred, K)),
+        "category_usage": usage.tolist(),
+        "usage_perplexity": usage_perplexity(usage),
     }
 
 
@@ -102,8 +105,8 @@ def info_metrics(model, n: int, batch_size: int, view, generator: torch.Generato
 def test_metrics(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
     """``test_recon`` (the model's reconstruction term, batch means averaged), ``test_elbo`` (eq. 14,
     where the model ``has_elbo``) and, when K > 1, the clustering scores of argmax q(c|x)
-    (``clustering_scores``) and each category's share of the inputs (``category_usage``). None of these
-    are reported in the paper: they are ours."""
+    (``clustering_scores``, each category's share of the inputs among them). None of these are reported in
+    the paper: they are ours."""
     recon, elbo, pred = 0.0, 0.0, []
     for s in batches(len(x), batch_size):
         xb = x[s]
@@ -116,7 +119,5 @@ def test_metrics(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> di
     if model.has_elbo:
         out["test_elbo"] = elbo / len(x)
     if model.K > 1:
-        pred = torch.cat(pred).numpy()
-        out.update(clustering_scores(y.cpu().numpy(), pred, K=model.K))
-        out["category_usage"] = category_usage(pred, model.K).tolist()
+        out.update(clustering_scores(y.cpu().numpy(), torch.cat(pred).numpy(), K=model.K))
     return out

@@ -385,7 +385,10 @@ def test_gpu_check_imports_no_hydra_before_the_kits_wheels_are_installed():
 def test_figure_results_state_each_categorys_share_of_the_test_images():
     """fig3.py/fig4.py print, beside the figures, the shares of ``metrics.json`` (row c is category c); an older
     reused evaluation without them says so instead of failing."""
-    from experiments import common
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common  # as the scripts import it
 
     m = {"category_usage": [0.5, 0.3, 0.0, 0.2], "usage_perplexity": 2.8001, "K": 4}
     line = common.usage_line(m)
