@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import hardware, validation
 from infocatvae.callbacks import EpochSeed
-from infocatvae.checkpoints import AtomicCheckpointIO, resolve_checkpoint
+from infocatvae.checkpoints import AtomicCheckpointIO, order_checkpoint_callbacks, resolve_checkpoint
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.launcher import register_local_launcher
 from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, read_status
@@ -172,6 +172,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
+        # last.ckpt written after best-*.ckpt, so that it holds the best checkpoint's state of its own epoch
+        callbacks = order_checkpoint_callbacks(callbacks)
         check_strategy(cfg)
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
         job.trainer = trainer

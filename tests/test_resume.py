@@ -174,3 +174,29 @@ def test_failed_resume_leaves_the_checkpoints_run_untouched(tmp_path):
     res = run_entry("infocatvae.train", *cont[:-1], "trainer.max_epochs=3", timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"Resuming from {new / 'checkpoints' / 'last.ckpt'} (epoch 1, step 6)" in (new / "train.log").read_text()
+
+
+def test_last_ckpt_knows_the_best_checkpoint_of_its_own_epoch_and_a_resume_keeps_one_best_file(tmp_path):
+    # val/loss monitored as configured (min): the first epoch always writes best-epoch000.ckpt
+    def fit(epochs: int) -> None:
+        from infocatvae.train import train
+
+        train(make_cfg([*TINY, f"trainer.max_epochs={epochs}"], tmp_path))
+
+    def best_record(ckpt_path: Path) -> dict:
+        (state,) = (v for k, v in ckpt(ckpt_path)["callbacks"].items() if "'monitor': 'val/loss'" in k)
+        return state
+
+    fit(1)
+    best_files = list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))
+    assert [p.name for p in best_files] == ["best-epoch000.ckpt"]
+    # written after best-epoch000.ckpt at the same epoch end, last.ckpt knows it (before, it held an empty record)
+    record = best_record(tmp_path / "checkpoints" / "last.ckpt")
+    assert record["best_model_path"] == str(best_files[0])
+    assert list(record["best_k_models"]) == [str(best_files[0])]
+    fit(3)  # resumed from last.ckpt
+    best_files = list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))
+    assert len(best_files) == 1, f"a stale best checkpoint was left beside the new one: {best_files}"
+    record = best_record(tmp_path / "checkpoints" / "last.ckpt")
+    assert record["best_model_path"] == str(best_files[0])
+    assert float(record["best_model_score"]) == pytest.approx(float(best_record(best_files[0])["best_model_score"]))
