@@ -72,6 +72,7 @@ import hydra.utils
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import OmegaConf, open_dict
 
 from infocatvae.config import CONFIG_DIR, instantiate_all
@@ -107,8 +108,8 @@ def compose_cfg(model: str, net: str, out_dir: str, data_dir: str, device: str, 
 
 
 def timed_callbacks(cfg) -> list:
-    """The config's callbacks as a timed training runs them: all but the two checkpoint writers (no files)."""
-    return instantiate_all({k: c for k, c in cfg.callbacks.items() if k not in ("model_checkpoint", "last_checkpoint")})
+    """The config's callbacks as a timed training runs them: all but the checkpoint writers (no files)."""
+    return [cb for cb in instantiate_all(cfg.callbacks) if not isinstance(cb, Checkpoint)]
 
 
 def sync(device: torch.device) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae import plots
@@ -139,21 +140,24 @@ class InterruptCheckpoint(L.Callback):
             )
 
 
-class EpochSnapshots(L.Callback):
+class EpochSnapshots(Checkpoint):
     """Keeps ``epochNNNN.ckpt`` after every ``every_n_epochs``-th epoch (0: off), NNNN counting epochs
     from 1 as ``status.json`` does, so that a run can be evaluated at several points of its training
     (full checkpoints, with the optimiser states, as ``last.ckpt``).
 
     Lightning's ModelCheckpoint names files by its 0-based epoch index (``epoch=9`` after the 10th
-    epoch); this one-method callback names them by epochs completed instead.
+    epoch); this one-method callback names them by epochs completed instead. A ``Checkpoint``, so that
+    Lightning runs it with the ModelCheckpoints, last, and after the best checkpoint's callback
+    (``checkpoints.order_checkpoint_callbacks``): written at the epoch's very end, whether or not validation
+    ran in it, a snapshot holds what ``last.ckpt`` holds at that epoch and a run can go on from it alike.
     """
 
     def __init__(self, dirpath: str, every_n_epochs: int) -> None:
         self.dirpath, self.every = Path(dirpath), every_n_epochs
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
-        if self.every and not trainer.sanity_checking and done % self.every == 0:
+        if self.every and done % self.every == 0:
             trainer.save_checkpoint(self.dirpath / f"epoch{done:04d}.ckpt", weights_only=False)
 
 

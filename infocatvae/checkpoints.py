@@ -16,7 +16,7 @@ from typing import Any
 import hydra.utils
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig
 
@@ -199,15 +199,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def order_checkpoint_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
-    """The callbacks with every ModelCheckpoint that monitors nothing (``last.ckpt``) after those that monitor
-    a metric (``best-*.ckpt``); the others keep their order.
+    """The callbacks with every checkpoint writer that monitors nothing (``last.ckpt``, the epoch snapshots)
+    after the ModelCheckpoints that monitor a metric (``best-*.ckpt``); the others keep their order.
 
-    Lightning runs the ModelCheckpoints last, in the order given, and all of them save at the same epoch
-    end. A ``last.ckpt`` written before the best checkpoint's callback has updated holds that callback's
-    state of the epoch before: a run resumed from it would not know the newest ``best-*.ckpt`` (which
-    then stays on disk beside the next best) and would compare the next epochs with an older best score.
+    Lightning runs the checkpoint callbacks last, in the order given, and all of them save at the same
+    epoch end. A ``last.ckpt`` written before the best checkpoint's callback has updated holds that
+    callback's state of the epoch before: a run resumed from it would not know the newest ``best-*.ckpt``
+    (which then stays on disk beside the next best) and would compare the next epochs with an older best.
     """
-    return sorted(callbacks, key=lambda cb: isinstance(cb, ModelCheckpoint) and cb.monitor is None)
+    return sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint) and getattr(cb, "monitor", None) is None)
 
 
 def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:

@@ -200,3 +200,31 @@ def test_last_ckpt_knows_the_best_checkpoint_of_its_own_epoch_and_a_resume_keeps
     record = best_record(tmp_path / "checkpoints" / "last.ckpt")
     assert record["best_model_path"] == str(best_files[0])
     assert float(record["best_model_score"]) == pytest.approx(float(best_record(best_files[0])["best_model_score"]))
+
+
+def _same(a, b, where: str = "") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_snapshots_and_last_ckpt_are_written_every_epoch_even_when_validation_is_not(tmp_path):
+    # validation every second epoch: before, both were written at validation's end only (epochs 2, 4, ...)
+    train_in_process(tmp_path, 3, "callbacks.snapshots.every_n_epochs=1", "trainer.check_val_every_n_epoch=2")
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("epoch*.ckpt")) == ["epoch0001.ckpt", "epoch0002.ckpt", "epoch0003.ckpt"]
+    last, third = ckpt(folder / "last.ckpt"), ckpt(folder / "epoch0003.ckpt")
+    assert last["epoch"] == 2 and last["global_step"] == 9
+    # a snapshot is last.ckpt at its epoch: weights, optimiser, loops (counters) and callbacks' records alike,
+    # so a run goes on from either in the same way
+    for key in ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step"):
+        _same(third[key], last[key], key)
