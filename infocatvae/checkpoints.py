@@ -1,7 +1,7 @@
 """A checkpoint: read and check it (model class, corruption, truncation, shapes against the configured
-model), rebuild from it any of the four models and the data module that trained it, write it atomically,
-and choose the one a job resumes. What a run folder holds (status, lock, where last.ckpt is) lives in
-``infocatvae.runs``."""
+model), rebuild from it any of the four models and the data module that trained it, write it atomically
+(after the best checkpoint's record is updated), and choose the one a job resumes. What a run folder holds
+(status, lock, where last.ckpt is) lives in ``infocatvae.runs``."""
 
 from __future__ import annotations
 
