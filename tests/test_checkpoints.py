@@ -86,3 +86,18 @@ def test_the_data_module_comes_from_the_checkpoint_else_from_the_config():
 
 def stored_view(d: dict) -> tuple:
     return d["name"], d["sequential"], d["val_size"], d["split_seed"]
+
+
+def test_checkpoint_writers_that_monitor_nothing_run_after_those_that_monitor_a_metric(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from infocatvae.callbacks import EpochSeed, EpochSnapshots, FiniteLossGuard
+    from infocatvae.checkpoints import order_checkpoint_callbacks
+
+    last = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
+    snapshots = EpochSnapshots(str(tmp_path), every_n_epochs=5)
+    guard, seed = FiniteLossGuard(None), EpochSeed(0)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss")
+    extra = ModelCheckpoint(dirpath=tmp_path, monitor="val/recon")  # as a `+callbacks.x=...` override appends it
+    ordered = order_checkpoint_callbacks([last, guard, snapshots, best, seed, extra])
+    assert ordered == [guard, best, seed, extra, last, snapshots]
