@@ -5,8 +5,9 @@
 # Running it again resumes each run from its last.ckpt and skips the finished ones. Each run keeps a
 # snapshot every 5 epochs (epochNNNN.ckpt) for experiments/convergence.py. The folder names follow
 # experiments/common.py, so table1.py, fig3.py, ... with the same --epochs and --log-dir reuse them.
-# With a second argument 600, it trains instead the MLP runs at the paper's 600 epochs: Table 1's three
-# rows and the FashionMNIST InfoCatVAE of Figures 3 and 4 (1.8 to 2.3 h each measured on 2 CPU cores):
+# With a second argument 600, it trains instead the runs at the paper's 600 epochs: Table 1's three rows and
+# the FashionMNIST InfoCatVAE of Figures 3 and 4 (1.8 to 2.3 h each measured on 2 CPU cores), then Figure 5's
+# three recurrent models (about 11 h each there: 65 to 70 s a GRU epoch in float32 on an AMD Zen 4):
 #   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae 600 > long_runs_600.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ if [ "${2:-}" = 600 ]; then
   run table1_catvae 600 table1_catvae_e600
   run table1_infocatvae 600 table1_infocatvae_e600
   run fig34_infocatvae_fashion 600 fig34_infocatvae_fashion_e600
+  run fig5_infocatvae 600 fig5_infocatvae_e600
+  run fig5_catvae 600 fig5_catvae_e600
+  run fig5_free_catvae 600 fig5_free_catvae_e600
   exit 0
 elif [ -n "${2:-}" ]; then
   echo "long_runs.sh: the second argument may only be 600 (the paper's epochs), got '$2'" >&2

@@ -73,9 +73,10 @@ def test_experiment_scripts_use_existing_configs():
 
 
 def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_path):
-    """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows and the FashionMNIST InfoCatVAE, the same
-    ``infocatvae.train`` command as ``table1.py``/``fig3.py``/``fig4.py --epochs 600`` (``common.train``), so
-    the scripts find those runs finished; a second argument other than 600 is refused before any run."""
+    """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows, the FashionMNIST InfoCatVAE and Figure 5's models,
+    the same ``infocatvae.train`` command as ``table1.py``/``fig3.py``/``fig4.py``/``fig5.py --epochs 600``
+    (``common.train``), so the scripts find those runs finished; a second argument other than 600 is refused
+    before any run."""
     import os
     import subprocess
     import sys
@@ -96,7 +97,8 @@ def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_pat
 
     args = common.parser("").parse_args(["--epochs", "600", "--log-dir", str(logs)])
     expected = []
-    for exp in ("table1_aae", "table1_catvae", "table1_infocatvae", "fig34_infocatvae_fashion"):
+    runs = ["table1_aae", "table1_catvae", "table1_infocatvae", "fig34_infocatvae_fashion"]
+    for exp in [*runs, "fig5_infocatvae", "fig5_catvae", "fig5_free_catvae"]:
         cmd = common.train_command(logs / "experiments" / common.run_name(exp, args), [f"experiment={exp}"], args)
         expected.append(" ".join(cmd[1:]))  # without the interpreter
     assert calls == expected
