@@ -114,6 +114,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ba
     return model_from(read_checkpoint(path), path).to(map_location)
 
 
+def _completed(hparams: Mapping, cls: type) -> dict:
+    """A checkpoint's hyperparameters with the fields added since it was written set to the shipped defaults
+    (which keep the behaviour from before each field existed), as ``model_from`` builds it."""
+    encoder = (hparams.get("net") or {}).get("encoder", {}).get("_target_")
+    defaults = model_defaults(cls, encoder) or {}
+    fields = _init_fields(cls)
+    return _deep_merge({k: v for k, v in defaults.items() if k in fields}, hparams)
+
+
 def _flat(node: Any, prefix: str = "model") -> dict[str, Any]:
     """Nested hyperparameters as ``{"model.net.decoder.hidden": 400, ...}``."""
     if isinstance(node, Mapping):
@@ -131,7 +140,7 @@ def check_compatible(ckpt: dict, model: BaseModel, path: str | Path) -> list[str
     raises a CheckpointError naming each differing hyperparameter with both values; other differences
     (λ, the betas, the learning rate) are allowed, logged, and returned as ``field: old -> new`` lines.
     """
-    stored, configured = _flat(ckpt.get("hyper_parameters", {})), _flat(dict(model.hparams))
+    stored, configured = _flat(_completed(ckpt.get("hyper_parameters", {}), type(model))), _flat(dict(model.hparams))
     changed = [
         f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, {configured.get(k, '<unset>')!r} configured"
         for k in sorted(set(stored) | set(configured))

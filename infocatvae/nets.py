@@ -138,22 +138,54 @@ class GRUEncoder(nn.Module):
 
 
 class GRUDecoder(nn.Module):
-    """Table 3, right column: FC d→128 gives the initial state; a GRU reads z at each of the
-    28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns the logits before the
-    sigmoid, (B, steps·row_dim)."""
+    """Table 3, right column (``style="table3"``): FC d→128 gives the initial state; a GRU reads z at
+    each of the 28 steps (hidden 128) + ReLU; FC 128→28 + Sigmoid at every step. Returns the logits
+    before the sigmoid, (B, steps·row_dim).
 
-    def __init__(self, latent_dim: int, hidden: int, output_dropout: float, row_dim: int = 28, steps: int = 28) -> None:
+    ``style="authors_code"``: the recurrent decoder of the authors' public code (``infoCatRecVAE.py``),
+    which is not Table 3's: the initial state is tanh(FC(z)), the GRU reads at each step its own previous
+    output row (the sigmoid of the previous logits; zeros at the first step) instead of z, and no ReLU
+    comes before the output layer. (That code also leaves the first row out of its loss; here every row
+    is decoded and scored.) Its 28 steps run one after another, each waiting for the last one's output.
+    """
+
+    STYLES = ("table3", "authors_code")
+
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: int,
+        output_dropout: float,
+        row_dim: int = 28,
+        steps: int = 28,
+        style: str = "table3",
+    ) -> None:
         super().__init__()
-        self.steps = steps
+        if style not in self.STYLES:
+            raise ValueError(f"GRUDecoder style must be one of {list(self.STYLES)}, got {style!r}")
+        self.steps, self.row_dim, self.style = steps, row_dim, style
         self.init = nn.Linear(latent_dim, hidden)
-        self.gru = nn.GRU(latent_dim, hidden, batch_first=True)
+        self.gru = nn.GRU(latent_dim if style == "table3" else row_dim, hidden, batch_first=True)
         self.out = nn.Linear(hidden, row_dim)
         self.drop = Dropout(output_dropout)  # none in Table 3; a field for the same interface as the MLP
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.style == "authors_code":
+            return self._forward_on_previous_rows(z)
         h0 = self.init(z).unsqueeze(0)
         seq, _ = self.gru(z.unsqueeze(1).expand(-1, self.steps, -1), h0)
         return self.drop(self.out(F.relu(seq))).flatten(1)
+
+    def _forward_on_previous_rows(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.init(z)).unsqueeze(0)
+        row = z.new_zeros(len(z), 1, self.row_dim)
+        logits = []
+        for _ in range(self.steps):
+            out, h = self.gru(row, h)
+            step = self.drop(self.out(out))  # (B, 1, row_dim)
+            logits.append(step)
+            row = torch.sigmoid(step)
+        return torch.cat(logits, dim=1).flatten(1)
 
 
 class CategoricalHeads(nn.Module):

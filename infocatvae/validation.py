@@ -25,6 +25,7 @@ from infocatvae.data import DATASETS
 from infocatvae.losses import LIKELIHOODS
 from infocatvae.models.catvae import RECON_MODES
 from infocatvae.models.infocatvae import INFO_LOSSES
+from infocatvae.nets import GRUDecoder
 from infocatvae.priors import MixturePrior
 
 _ABSENT = object()
@@ -129,6 +130,7 @@ RULES: dict[str, Rule] = {
     "model.net.decoder.dropout": probability(),
     "model.net.decoder.output_dropout": probability(),
     "model.net.decoder.layers": integer(1),
+    "model.net.decoder.style": one_of(GRUDecoder.STYLES),
     # conf/data/*.yaml
     "data.name": one_of(DATASETS),
     "data.batch_size": integer(1),

@@ -101,3 +101,23 @@ def test_checkpoint_writers_that_monitor_nothing_run_after_those_that_monitor_a_
     extra = ModelCheckpoint(dirpath=tmp_path, monitor="val/recon")  # as a `+callbacks.x=...` override appends it
     ordered = order_checkpoint_callbacks([last, guard, snapshots, best, seed, extra])
     assert ordered == [guard, best, seed, extra, last, snapshots]
+
+
+def test_a_checkpoint_from_before_a_field_existed_resumes_without_a_change_at_that_fields_default(caplog):
+    """A GRU checkpoint written before ``model.net.decoder.style`` existed was Table 3's decoder: resuming it with
+    the default config is no change; asking for the authors' decoder is refused, naming the field."""
+    from infocatvae.checkpoints import check_compatible
+
+    old = make_model("model=catvae net=gru data=seq_mnist")
+    hparams = copy.deepcopy(dict(old.hparams))
+    del hparams["net"]["decoder"]["style"]  # as written before the field existed
+    ckpt = {"hyper_parameters": hparams, "state_dict": old.state_dict()}
+    with caplog.at_level(logging.INFO, logger="infocatvae.checkpoints"):
+        assert check_compatible(ckpt, make_model("model=catvae net=gru data=seq_mnist"), "old.ckpt") == []
+    assert "changed hyperparameter" not in caplog.text
+    authors = make_model("model=catvae net=gru data=seq_mnist model.net.decoder.style=authors_code")
+    with pytest.raises(CheckpointError, match="model.net.decoder.style: 'table3' in the checkpoint, 'authors_code'"):
+        check_compatible(ckpt, authors, "old.ckpt")
+    # a field that did exist and changed is still reported
+    changed = make_model("model=catvae net=gru data=seq_mnist model.lam=3")
+    assert check_compatible(ckpt, changed, "old.ckpt") == ["model.lam: 2.0 in the checkpoint, 3 configured"]

@@ -485,3 +485,13 @@ def test_validation_and_test_terms_are_the_image_weighted_means_logged_once_per_
         logged = [c for c in calls if c.startswith(f"{stage}/")]
         keys = [*expected, "cluster_acc", "nmi", "ari", "usage_perplexity"]
         assert sorted(logged) == sorted(f"{stage}/{k}" for k in keys)
+
+
+def test_authors_code_gru_decoder_trains_in_a_model(images, tmp_path):
+    m = build("model=infocatvae net=gru data=seq_mnist model.net.decoder.style=authors_code", tmp_path)
+    assert m.decoder.style == "authors_code"
+    m.losses(batch(images, True))["loss"].backward()
+    # the gradient reaches the recurrent weights through the fed-back rows, and the encoder through z
+    assert m.decoder.gru.weight_ih_l0.grad.abs().sum() > 0
+    assert m.encoder.gru.weight_ih_l0.grad.abs().sum() > 0
+    assert m.sample(torch.arange(m.K)).shape == (m.K, 1, 28, 28)

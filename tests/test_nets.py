@@ -151,3 +151,29 @@ def test_category_heads_return_row_major_codes():
     """q(z|x, c) for every c comes out row-major [B, K, d], not in the transposed layout of the category weight."""
     mu, logvar = CategoricalHeads(in_dim=16, K=5, d=4).gaussian(torch.randn(8, 16))
     assert mu.is_contiguous() and logvar.is_contiguous()
+
+
+def test_authors_code_gru_decoder_reads_its_previous_output_row_as_a_grucell_loop_does():
+    """``style=authors_code`` against an independent loop of ``nn.GRUCell`` with the same weights:
+    h0 = tanh(FC(z)), the first input a row of zeros, then each step's sigmoid output; no ReLU."""
+    from infocatvae.nets import GRUDecoder
+
+    torch.manual_seed(0)
+    dec = GRUDecoder(latent_dim=20, hidden=16, output_dropout=0.0, style="authors_code").eval()
+    cell = nn.GRUCell(28, 16)
+    for ours, theirs in (("weight_ih_l0", "weight_ih"), ("weight_hh_l0", "weight_hh"), ("bias_ih_l0", "bias_ih")):
+        getattr(cell, theirs).data.copy_(getattr(dec.gru, ours))
+    cell.bias_hh.data.copy_(dec.gru.bias_hh_l0)
+    z = torch.randn(5, 20)
+    h, row, rows = torch.tanh(dec.init(z)), torch.zeros(5, 28), []
+    for _ in range(28):
+        h = cell(row, h)
+        logits = dec.out(h)
+        rows.append(logits)
+        row = torch.sigmoid(logits)
+    torch.testing.assert_close(dec(z), torch.cat(rows, dim=1))
+    # Table 3's decoder (the default) reads z at every step: a GRU of input width latent_dim
+    assert GRUDecoder(latent_dim=20, hidden=16, output_dropout=0.0).gru.input_size == 20
+    assert dec.gru.input_size == 28
+    with pytest.raises(ValueError, match="style must be one of"):
+        GRUDecoder(latent_dim=20, hidden=16, output_dropout=0.0, style="authors")

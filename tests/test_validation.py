@@ -79,6 +79,10 @@ def refused(name: str, overrides: list[str]) -> str:
         ("model.optimizer.fused=on", "model.optimizer.fused must be null, true or false, got 'on'"),
         ("callbacks.snapshots.every_n_epochs=-5", "callbacks.snapshots.every_n_epochs must be an integer >= 0"),
         (
+            "net=gru model.net.decoder.style=authors",
+            "model.net.decoder.style must be one of ['table3', 'authors_code'], got 'authors'",
+        ),
+        (
             "model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
             "model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got 5 and 100",
         ),
