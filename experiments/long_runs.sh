@@ -7,7 +7,7 @@
 # experiments/common.py, so table1.py, fig3.py, ... with the same --epochs and --log-dir reuse them.
 # With a second argument 600, it trains instead the runs at the paper's 600 epochs: Table 1's three rows and
 # the FashionMNIST InfoCatVAE of Figures 3 and 4 (1.8 to 2.3 h each measured on 2 CPU cores), then Figure 5's
-# three recurrent models (about 11 h each there: 65 to 70 s a GRU epoch in float32 on an AMD Zen 4):
+# three recurrent models (11 to 15 h each there: a CatVAE epoch 65-70 s, an InfoCatVAE one 85-88 s, float32):
 #   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae 600 > long_runs_600.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
