@@ -139,6 +139,7 @@ def check_compatible(ckpt: dict, model: BaseModel, path: str | Path) -> list[str
     A difference that changes a parameter's shape or the set of parameters (K, δ, widths, the net)
     raises a CheckpointError naming each differing hyperparameter with both values; other differences
     (λ, the betas, the learning rate) are allowed, logged, and returned as ``field: old -> new`` lines.
+    A field added after the checkpoint was written counts as holding its shipped default there.
     """
     stored, configured = _flat(_completed(ckpt.get("hyper_parameters", {}), type(model))), _flat(dict(model.hparams))
     changed = [
