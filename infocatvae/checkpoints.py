@@ -81,12 +81,10 @@ def model_from(ckpt: dict, path: str | Path) -> BaseModel:
     try:
         model = cls(**hparams)
     except TypeError:  # a field added after the checkpoint was written: complete it from the shipped config
-        encoder = (hparams.get("net") or {}).get("encoder", {}).get("_target_")
-        defaults = model_defaults(cls, encoder)
-        if defaults is None:
-            raise
-        completed = _deep_merge({k: v for k, v in defaults.items() if k in fields}, hparams)
+        completed = _completed(hparams, cls)
         added = sorted(set(_flat(completed)) - set(_flat(hparams)))
+        if not added:  # no shipped option builds this class, or nothing was missing
+            raise
         log.info("%s: fields missing from the checkpoint, set to the shipped defaults: %s", path, added)
         model = cls(**completed)
     try:

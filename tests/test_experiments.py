@@ -97,8 +97,15 @@ def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_pat
 
     args = common.parser("").parse_args(["--epochs", "600", "--log-dir", str(logs)])
     expected = []
-    runs = ["table1_aae", "table1_catvae", "table1_infocatvae", "fig34_infocatvae_fashion"]
-    for exp in [*runs, "fig5_infocatvae", "fig5_catvae", "fig5_free_catvae"]:
+    for exp in (
+        "table1_aae",
+        "table1_catvae",
+        "table1_infocatvae",
+        "fig34_infocatvae_fashion",
+        "fig5_infocatvae",
+        "fig5_catvae",
+        "fig5_free_catvae",
+    ):
         cmd = common.train_command(logs / "experiments" / common.run_name(exp, args), [f"experiment={exp}"], args)
         expected.append(" ".join(cmd[1:]))  # without the interpreter
     assert calls == expected
