@@ -403,3 +403,45 @@ def test_figure_results_state_each_categorys_share_of_the_test_images():
     line = common.usage_line(m)
     assert "0.500, 0.300, 0.000, 0.200" in line and "`usage_perplexity` 2.80 of K = 4" in line
     assert "not in this evaluation" in common.usage_line({"cluster_acc": 0.5, "K": 4})
+
+
+def test_loss_scale_bounds_are_the_best_constant_decoders_on_real_images(data_dir):
+    """``loss_scale.constant_decoder_recon`` returns the test reconstruction of the training mean image and of each
+    test image's digit mean image, under both likelihoods: checked against the formulas written out here (binary
+    cross-entropy summed over pixels; squared error averaged over each 28-pixel row, summed over rows), and each
+    constant is the best of its kind (nudging it makes the loss worse)."""
+    import sys
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import loss_scale
+
+    from infocatvae.data import load_split
+
+    (xs, ys), (xt, yt) = (load_split(data_dir, "mnist", train) for train in (True, False))
+    train_x, train_y = xs[:3000].flatten(1).double().numpy() / 255, ys[:3000].numpy()
+    test_x, test_y = xt[:500].flatten(1).double().numpy() / 255, yt[:500].numpy()
+    mean = train_x.mean(0)
+    digit = np.stack([train_x[train_y == k].mean(0) for k in range(10)])[test_y]
+
+    def bce(p, x):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(-1).mean()
+
+    def rows_mse(p, x):
+        return ((p - x) ** 2).reshape(len(x), 28, 28).mean(-1).sum(-1).mean()
+
+    t = [torch.from_numpy(a).float() for a in (train_x, test_x)]
+    for likelihood, formula in (("bernoulli", bce), ("gaussian", rows_mse)):
+        whole, by_digit = loss_scale.constant_decoder_recon(
+            t[0], torch.from_numpy(train_y), t[1], torch.from_numpy(test_y), likelihood
+        )
+        expected_whole, expected_digit = formula(mean, test_x), formula(digit, test_x)
+        assert whole == pytest.approx(expected_whole, rel=1e-4), likelihood
+        assert by_digit == pytest.approx(expected_digit, rel=1e-4), likelihood
+        assert by_digit < whole
+        # the training mean is the best constant for the training images under both losses
+        for nudge in (0.9, 1.1):
+            assert formula(mean, train_x) < formula(np.clip(mean * nudge, 0, 1), train_x)
