@@ -51,8 +51,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_name(experiment: str, args) -> str:
-    name = f"{experiment}_e{args.epochs}"
+def run_name(experiment: str, args, variant: str = "") -> str:
+    """``<experiment>[_<variant>]_e<epochs>[_b<batches>]``: a variant names a run trained with extra overrides."""
+    name = f"{experiment}{'_' + variant if variant else ''}_e{args.epochs}"
     return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
 
 
@@ -74,10 +75,11 @@ def train_command(run_dir: Path, overrides: list[str], args) -> list[str]:
     return cmd
 
 
-def train(experiment: str, args) -> tuple[Path, float]:
-    """Train (or reuse) the run of ``experiment``; returns its folder and the training wall time (0 if reused)."""
-    run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args)
-    cmd = train_command(run_dir, [f"experiment={experiment}"], args)
+def train(experiment: str, args, overrides: list[str] = (), variant: str = "") -> tuple[Path, float]:
+    """Train (or reuse) the run of ``experiment`` (with ``overrides``, in a folder named by ``variant``); returns
+    its folder and the training wall time (0 if reused)."""
+    run_dir = Path(args.log_dir) / "experiments" / run_name(experiment, args, variant)
+    cmd = train_command(run_dir, [f"experiment={experiment}", *overrides], args)
     done = read_status(run_dir).get("status") == "completed"
     start = time.perf_counter()
     print("$", " ".join(cmd), flush=True)

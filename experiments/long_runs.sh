@@ -7,18 +7,20 @@
 # experiments/common.py, so table1.py, fig3.py, ... with the same --epochs and --log-dir reuse them.
 # With a second argument 600, it trains instead the runs at the paper's 600 epochs: Table 1's three rows and
 # the FashionMNIST InfoCatVAE of Figures 3 and 4 (1.8 to 2.3 h each measured on 2 CPU cores), then Figure 5's
-# three recurrent models (11 to 15 h each there: a CatVAE epoch 65-70 s, an InfoCatVAE one 85-88 s, float32):
+# three recurrent models (11 to 15 h each there: a CatVAE epoch 65-70 s, an InfoCatVAE one 85-88 s, float32),
+# first with the Bernoulli likelihood (the reading under which a clustering can pay: experiments/loss_scale.py;
+# `fig5.py --likelihood bernoulli`), then with appendix C's squared error as the configs have it (`fig5.py`):
 #   INFOCATVAE_DATA_DIR=../shared/data nohup bash experiments/long_runs.sh /var/tmp/infocatvae 600 > long_runs_600.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
 L=${1:-logs}
 PY=${PYTHON:-.venv/bin/python}
-run() {  # experiment epochs run-name [overrides...]
+run() {  # experiment epochs run-name [overrides...]; the order of experiments/common.py's train_command
   local exp=$1 ep=$2 name=$3
   shift 3
   echo "=== $(date -u +%FT%TZ) start $name"
-  "$PY" -m infocatvae.train "experiment=$exp" "trainer.max_epochs=$ep" "hydra.run.dir=$L/experiments/$name" \
-      "paths.log_dir=$L" callbacks.progress_bar.refresh_rate=0 "$@"
+  "$PY" -m infocatvae.train "experiment=$exp" "$@" "trainer.max_epochs=$ep" "hydra.run.dir=$L/experiments/$name" \
+      "paths.log_dir=$L" callbacks.progress_bar.refresh_rate=0
   local rc=$?  # before the line below: its $(date) would reset $? to 0
   echo "=== $(date -u +%FT%TZ) end $name rc=$rc"
 }
@@ -27,6 +29,9 @@ if [ "${2:-}" = 600 ]; then
   run table1_catvae 600 table1_catvae_e600
   run table1_infocatvae 600 table1_infocatvae_e600
   run fig34_infocatvae_fashion 600 fig34_infocatvae_fashion_e600
+  run fig5_infocatvae 600 fig5_infocatvae_bernoulli_e600 model.likelihood=bernoulli
+  run fig5_catvae 600 fig5_catvae_bernoulli_e600 model.likelihood=bernoulli
+  run fig5_free_catvae 600 fig5_free_catvae_bernoulli_e600 model.likelihood=bernoulli
   run fig5_infocatvae 600 fig5_infocatvae_e600
   run fig5_catvae 600 fig5_catvae_e600
   run fig5_free_catvae 600 fig5_free_catvae_e600

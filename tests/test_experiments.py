@@ -73,16 +73,17 @@ def test_experiment_scripts_use_existing_configs():
 
 
 def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_path):
-    """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows, the FashionMNIST InfoCatVAE and Figure 5's models,
-    the same ``infocatvae.train`` command as ``table1.py``/``fig3.py``/``fig4.py``/``fig5.py --epochs 600``
-    (``common.train``), so the scripts find those runs finished; a second argument other than 600 is refused
-    before any run."""
+    """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows, the FashionMNIST InfoCatVAE and Figure 5's models
+    (with the Bernoulli likelihood, then as configured), the same ``infocatvae.train`` command as
+    ``table1.py``/``fig3.py``/``fig4.py``/``fig5.py [--likelihood bernoulli] --epochs 600`` (``common.train``),
+    so the scripts find those runs finished; a second argument other than 600 is refused before any run."""
     import os
     import subprocess
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
+    import fig5
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "python"  # records each command line instead of training
@@ -96,17 +97,23 @@ def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_pat
     calls = (tmp_path / "calls").read_text().splitlines()
 
     args = common.parser("").parse_args(["--epochs", "600", "--log-dir", str(logs)])
+    bernoulli = (["model.likelihood=bernoulli"], "bernoulli")  # what fig5.py --likelihood bernoulli trains
+    assert fig5.CONFIG_LIKELIHOOD != "bernoulli"
     expected = []
-    for exp in (
-        "table1_aae",
-        "table1_catvae",
-        "table1_infocatvae",
-        "fig34_infocatvae_fashion",
-        "fig5_infocatvae",
-        "fig5_catvae",
-        "fig5_free_catvae",
+    for exp, (overrides, variant) in (
+        ("table1_aae", ([], "")),
+        ("table1_catvae", ([], "")),
+        ("table1_infocatvae", ([], "")),
+        ("fig34_infocatvae_fashion", ([], "")),
+        ("fig5_infocatvae", bernoulli),
+        ("fig5_catvae", bernoulli),
+        ("fig5_free_catvae", bernoulli),
+        ("fig5_infocatvae", ([], "")),
+        ("fig5_catvae", ([], "")),
+        ("fig5_free_catvae", ([], "")),
     ):
-        cmd = common.train_command(logs / "experiments" / common.run_name(exp, args), [f"experiment={exp}"], args)
+        run_dir = logs / "experiments" / common.run_name(exp, args, variant)
+        cmd = common.train_command(run_dir, [f"experiment={exp}", *overrides], args)
         expected.append(" ".join(cmd[1:]))  # without the interpreter
     assert calls == expected
 
@@ -445,3 +452,41 @@ def test_loss_scale_bounds_are_the_best_constant_decoders_on_real_images(data_di
         # the training mean is the best constant for the training images under both losses
         for nudge in (0.9, 1.1):
             assert formula(mean, train_x) < formula(np.clip(mean * nudge, 0, 1), train_x)
+
+
+@pytest.mark.parametrize(
+    "argv, overrides, variant, result",
+    [
+        ([], [], "", "fig5"),
+        (["--likelihood", "bernoulli"], ["model.likelihood=bernoulli"], "bernoulli", "fig5_bernoulli"),
+    ],
+)
+def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeypatch, argv, overrides, variant, result):
+    """``fig5.py`` trains the configs as they are (appendix C's squared error, which ``CONFIG_LIKELIHOOD`` names);
+    with ``--likelihood bernoulli`` it adds the override, names the runs ``<experiment>_bernoulli_e<epochs>``
+    and writes ``fig5_bernoulli.md``, so the two readings never share a run or a result file."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+    import fig5
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for exp in fig5.RUNS:
+            assert compose("train", overrides=[f"experiment={exp}"]).model.likelihood == fig5.CONFIG_LIKELIHOOD
+
+    trained, written = [], {}
+    metrics = dict.fromkeys(("cluster_acc", "nmi", "ari", "info_ce", "info_acc", "test_recon"), 0.5)
+    monkeypatch.setattr(
+        common, "train", lambda exp, args, o=(), v="": trained.append((exp, list(o), v)) or (Path(exp), 0)
+    )
+    monkeypatch.setattr(common, "evaluate", lambda run_dir, purpose, o, args: (metrics, Path(run_dir)))
+    monkeypatch.setattr(common, "copy_figure", lambda src, name: name)
+    monkeypatch.setattr(common, "setup_lines", lambda args, seconds, runs: written.setdefault("runs", runs) and [])
+    monkeypatch.setattr(common, "write", lambda name, lines: written.update(name=name, text="\n".join(lines)))
+    monkeypatch.setattr(sys, "argv", ["fig5.py", "--epochs", "3", *argv])
+    fig5.main()
+    assert trained == [(exp, overrides, variant) for exp in fig5.RUNS]
+    assert written["name"] == result
+    assert written["runs"] == [f"{exp}{'_' + variant if variant else ''}_e3" for exp in fig5.RUNS]
+    assert ("binary cross-entropy" if variant else "squared error") in written["text"]
