@@ -20,6 +20,10 @@ every timed loop alike.
   is the framework);
   ``data_share`` is the time to fetch and scale a batch through the data module over the time of a
   Lightning step.
+- ``{"record": "floor", "model", "net", "barebones_ratio_lightning_vs_bare", ...}``: the same comparison for each
+  MLP model with the Lightning epochs in ``Trainer(barebones=True)``, Lightning's mode for timing its Trainer (no
+  logger, progress bar, checkpointing, profiler or project callbacks; the models log nothing): the ratio that
+  Lightning's Trainer itself allows, beside the ``train`` record's with the shipped configuration.
 - ``{"record": "overhead", "lightning_us_per_optimizer_step", "raw_us_per_optimizer_step", ...}``: what Lightning
   adds to one optimiser step of manual optimisation (``manual_backward`` + the ``LightningOptimizer``'s step,
   with the real config's callbacks and profiler, and the models' own write of Lightning's hook names) against
@@ -212,13 +216,18 @@ class EpochTimer(L.Callback):
         self.bare_rates.append(self.bare())
 
 
-def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -> dict[str, Any]:
+def lightning_vs_bare(
+    cfg, steps: int, device: torch.device, repeats: int = 5, barebones: bool = False
+) -> dict[str, Any]:
     """Images per second of a Lightning training epoch of ``steps`` batches and of the bare loop, each the
     median over ``repeats`` alternating rounds after a warm-up round, and the median of their ratios; the
-    same for Lightning's steady steps alone; the epoch's fixed cost; the data module."""
+    same for Lightning's steady steps alone; the epoch's fixed cost; the data module and the trainer. With
+    ``barebones``, the Lightning epochs run in ``Trainer(barebones=True)`` (no logger, progress bar,
+    checkpointing, profiler or callbacks but the timer; the models then log nothing): Lightning's own floor
+    for the same model."""
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
-    callbacks = timed_callbacks(cfg)
+    callbacks = [] if barebones else timed_callbacks(cfg)
     bare_model = hydra.utils.instantiate(cfg.model)
 
     def bare() -> float:  # the data module is set up by the trainer by then (on the GPU with data.on_device)
@@ -235,7 +244,11 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
         )
 
     timer = EpochTimer(bare, steps)
-    loggers = instantiate_all(cfg.logger)
+    if barebones:
+        # the shipped trainer's settings but the features barebones refuses (its profiler, logging interval)
+        opt_out = {"profiler": None, "log_every_n_steps": None, "logger": False, "barebones": True}
+    else:
+        opt_out = {"logger": instantiate_all(cfg.logger)}
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         max_epochs=1 + repeats,
@@ -243,9 +256,9 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[*callbacks, timer],
-        logger=loggers,
         enable_checkpointing=False,
         enable_model_summary=False,
+        **opt_out,
     )
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar writes to stdout; the records own it
         trainer.fit(model, datamodule=datamodule)
@@ -262,6 +275,7 @@ def lightning_vs_bare(cfg, steps: int, device: torch.device, repeats: int = 5) -
         "step_s": statistics.median(timer.step_times[1:]),
         "fixed_s": statistics.median(fixed),
         "datamodule": datamodule,
+        "trainer": trainer,
     }
 
 
@@ -440,6 +454,34 @@ def bench_training(
                     "peak_fraction": round(flops * light / peak, 3),
                 }
             )
+
+
+def bench_floor(models, steps: int, data_dir: str, device_name: str, rounds: int, precision: str) -> None:
+    """Lightning's own floor for each MLP model: its Lightning/bare ratio in ``Trainer(barebones=True)``, Lightning's
+    mode for timing the Trainer (nothing of the project's callbacks, logger or logging), beside the ``train``
+    record's ratio with the shipped configuration. The MLP only: its steps are short enough for the Trainer's
+    per-batch cost to show."""
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    for model_name in models:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = compose_cfg(model_name, "mlp", out, data_dir, device_name, precision)
+            torch.manual_seed(0)
+            res = lightning_vs_bare(cfg, steps, device, repeats=rounds, barebones=True)
+        emit(
+            {
+                "record": "floor",
+                "model": model_name,
+                "net": "mlp",
+                "device": str(device),
+                "steps": steps,
+                "rounds": rounds,
+                "precision": precision,
+                "bare_img_per_s": round(res["bare"], 1),
+                "barebones_img_per_s": round(res["light"], 1),
+                "barebones_ratio_lightning_vs_bare": round(res["ratio"], 3),
+                "barebones_step_ratio_lightning_vs_bare": round(res["step_ratio"], 3),
+            }
+        )
 
 
 def bench_overhead(device_name: str, data_dir: str, steps: int = 400) -> None:
@@ -944,7 +986,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["baseline", "train", "overhead", "profile", "compile", "sweep", "kde"],
+        choices=["baseline", "train", "floor", "overhead", "profile", "compile", "sweep", "kde"],
     )
     parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed local and sequential sweeps")
     parser.add_argument("--sweep-steps", type=int, default=60, help="training batches of each sweep job")
@@ -993,6 +1035,8 @@ def main() -> None:
         bench_training(
             args.models, args.nets, args.steps_mlp, args.steps_gru, data_dir, args.device, args.rounds, precision
         )
+    if "floor" not in args.skip and "mlp" in args.nets:
+        bench_floor(args.models, args.steps_mlp, data_dir, args.device, args.rounds, precision)
     if "overhead" not in args.skip:
         bench_overhead(args.device, data_dir)
     if "profile" not in args.skip:

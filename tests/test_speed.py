@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from infocatvae.config import instantiate_all
-from tests.helpers import TINY, make_cfg
+from tests.helpers import DATA_DIR, TINY, make_cfg
 
 
 class _Window(L.Callback):
@@ -255,3 +255,47 @@ def test_lightnings_hook_name_is_written_without_nn_modules_checks(tmp_path, mon
     assert {"train/recon_epoch", "val/loss"} <= set(trainer.callback_metrics)
     model.extra = nn.Linear(2, 2)
     assert writes["extra"] == 1 and dict(model.named_children())["extra"] is model.extra
+
+
+@pytest.mark.parametrize("model", ["catvae", "infocatvae", "catvae_free", "aae model.K=10"])
+def test_models_train_and_validate_in_lightnings_barebones_trainer(model, tmp_path):
+    """Lightning's ``Trainer(barebones=True)`` (its mode for timing the Trainer, where ``self.log`` raises) trains
+    and validates every model: the models then sum and log nothing (the bench's ``floor`` record), and in a
+    normal trainer they log as before."""
+    cfg = make_cfg([*TINY, *f"model={model}".split()], tmp_path)
+    for barebones in (True, False):
+        model_ = hydra.utils.instantiate(cfg.model)
+        trainer = L.Trainer(
+            barebones=barebones,
+            accelerator="cpu",
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+        )
+        trainer.fit(model_, datamodule=hydra.utils.instantiate(cfg.data))
+        assert trainer.global_step > 0
+        logged = set(trainer.callback_metrics)
+        if barebones:
+            assert not logged and not model_._term_sums
+        else:
+            assert {"train/recon_epoch", "val/loss"} <= logged
+
+
+def test_the_bench_times_lightnings_floor_in_a_barebones_trainer(tmp_path):
+    """``experiments.bench.lightning_vs_bare(..., barebones=True)`` builds the shipped trainer's settings as a
+    ``Trainer(barebones=True)`` (which refuses a profiler, a logger or a logging interval) with no callback but
+    its timer, and times it against the bare loop."""
+    from experiments import bench
+
+    cfg = bench.compose_cfg("aae", "mlp", str(tmp_path), DATA_DIR, "cpu")
+    res = bench.lightning_vs_bare(cfg, steps=3, device=torch.device("cpu"), repeats=1, barebones=True)
+    trainer = res["trainer"]
+    assert trainer.barebones and trainer.loggers == []
+    assert [type(cb).__name__ for cb in trainer.callbacks] == ["EpochTimer"]
+    assert trainer.global_step == 2 * 3 * 3  # two epochs (warm-up and one round) of 3 batches, 3 optimiser steps each
+    assert res["light"] > 0 and res["bare"] > 0 and res["ratio"] > 0

@@ -124,9 +124,18 @@ class BaseModel(L.LightningModule):
         applied to ``params``."""
         return hydra.utils.instantiate(self.optimizer_cfg if cfg is None else cfg)(params)
 
+    @property
+    def _barebones(self) -> bool:
+        """Whether Lightning's ``Trainer(barebones=True)`` runs this model: its mode for timing the Trainer, in
+        which ``self.log`` raises."""
+        return self._trainer is not None and self._trainer.barebones
+
     def log_terms(self, stage: str, terms: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """``train/<term>_step`` on the trainer's logging steps and ``train/<term>_epoch`` at each epoch's end;
         ``val/<term>`` (``test/<term>``) at the end of each validation (test) epoch: batch-size-weighted means.
+
+        Under Lightning's ``Trainer(barebones=True)``, made for timing the Trainer and forbidding ``self.log``,
+        nothing is summed or logged (``experiments/bench.py``'s ``floor`` record).
 
         The terms are summed on the device and handed to ``self.log`` once per key and epoch (and on the
         training logging steps), not per batch as ``self.log(..., on_epoch=True)`` in every step would:
@@ -135,6 +144,8 @@ class BaseModel(L.LightningModule):
         walks its attributes): per training batch, longer than a GPU step of these models. One way for the
         three stages; nothing here reads a value back to the host.
         """
+        if self._barebones:
+            return
         values = torch.stack([v.detach().float() for v in terms.values()])
         keys, sums, count = self._term_sums.get(stage, (None, None, 0))
         if keys != list(terms):
@@ -211,6 +222,8 @@ class BaseModel(L.LightningModule):
         true = self.all_gather(torch.cat(self._val_true)).flatten().cpu().numpy()
         self._val_pred.clear()
         self._val_true.clear()
+        if self._barebones:
+            return
         scores = metrics.clustering_scores(true, pred, K=self.K)
         # rank_zero_only: the values are already gathered from every process.
         self.log(f"{stage}/cluster_acc", float(scores["cluster_acc"]), rank_zero_only=True)
