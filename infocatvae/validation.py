@@ -113,6 +113,7 @@ RULES: dict[str, Rule] = {
     "model.prior_init": one_of(MixturePrior.INITS),
     "model.info_loss": one_of(INFO_LOSSES),
     "model.info_per_category": integer(1, nullable=True),
+    "model.info_trains_decoder": boolean(),
     "model.d": integer(1),
     "model.disc_hidden": integer(1),
     "model.disc_layers": integer(0),

@@ -51,7 +51,9 @@ def test_public_api_shapes(model, net, sequential, images, tmp_path):
     terms = m.losses(x)
     assert {"loss", "recon"} <= set(terms)
     # capabilities are stated by the class, not probed
-    assert m.has_prior_means is m.has_elbo is (not isinstance(m, AAE))
+    assert m.has_prior_means is (not isinstance(m, AAE))
+    # an ELBO needs a log-likelihood: the Bernoulli one (MLP), not appendix C's squared error (GRU)
+    assert m.has_elbo is (m.has_prior_means and m.likelihood == "bernoulli")
     if m.has_elbo:
         assert {"kl_cat", "kl_cont"} <= set(terms)
         assert m.prior_means.shape == (K, d)
@@ -74,11 +76,23 @@ def test_gru_decoder_runs_28_steps_and_gradients_reach_encoder_gru(images, tmp_p
     assert m.encoder.gru.weight_hh_l0_reverse.grad.abs().sum() > 0
 
 
-def test_info_gradient_reaches_decoder_and_encoder(tmp_path):
-    m = build("model=infocatvae", tmp_path)
-    c, logits = m.info_logits(16)
+@pytest.mark.parametrize("trains_decoder", [True, False])
+def test_info_gradient_reaches_the_encoder_and_the_decoder_unless_told_not_to(trains_decoder, tmp_path):
+    """The info term trains the inference network in both readings of eqs. (6)-(7), the decoder only with
+    ``info_trains_decoder`` (default); its value does not depend on the reading."""
+
+    def info_logits(overrides: str):
+        torch.manual_seed(0)  # the same weights and the same draws
+        m = build(f"model=infocatvae {overrides}", tmp_path)
+        return (m, *m.info_logits(16))
+
+    m, c, logits = info_logits(f"model.info_trains_decoder={trains_decoder}")
+    _, c_default, logits_default = info_logits("")
+    assert torch.equal(c, c_default)
+    torch.testing.assert_close(logits, logits_default)
     torch.nn.functional.cross_entropy(logits, c).backward()
-    assert m.decoder.net[0].weight.grad.abs().sum() > 0
+    decoder_grad = m.decoder.net[0].weight.grad
+    assert (decoder_grad is not None and decoder_grad.abs().sum() > 0) == trains_decoder
     assert m.encoder.net[1].weight.grad.abs().sum() > 0
     assert m.heads.classifier.weight.grad.abs().sum() > 0
 

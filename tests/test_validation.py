@@ -54,6 +54,7 @@ def refused(name: str, overrides: list[str]) -> str:
         ("model.recon=hard", "model.recon must be one of ['marginal', 'soft'], got 'hard'"),
         ("model.info_loss=mse", "model.info_loss must be one of ['ce', 'ce_on_probs']"),
         ("model.info_per_category=0", "model.info_per_category must be null or an integer >= 1"),
+        ("model.info_trains_decoder=maybe", "model.info_trains_decoder must be true or false, got 'maybe'"),
         ("model.likelihood=poisson", "model.likelihood must be one of ['bernoulli', 'gaussian']"),
         ("model.net.decoder.output_dropout=1.5", "model.net.decoder.output_dropout must be a number in [0, 1)"),
         ("data.name=cifar", "data.name must be one of ['mnist', 'fashion_mnist'], got 'cifar'"),

@@ -40,7 +40,12 @@ class CatVAE(BaseModel):
     """
 
     has_prior_means = True
-    has_elbo = True
+
+    @property
+    def has_elbo(self) -> bool:
+        """With the Bernoulli likelihood: ``recon`` is then −log p(x|z). Appendix C's squared error (``gaussian``,
+        averaged over a row, no variance, no normalising constant) is a loss, not a log-likelihood, so no ELBO."""
+        return self.likelihood == "bernoulli"
 
     def __init__(
         self,
@@ -165,6 +170,8 @@ class CatVAE(BaseModel):
 
     def elbo(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample ELBO of Proposition 1 (eq. 14): marginal reconstruction, unit weights."""
+        if not self.has_elbo:
+            raise NotImplementedError(f"{type(self).__name__} has no ELBO with the {self.likelihood} likelihood")
         t = self.per_sample_terms(x, recon="marginal")
         return -(t["recon"] + t["kl_cat"] + t["kl_cont"])
 

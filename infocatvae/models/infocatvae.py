@@ -21,8 +21,12 @@ class InfoCatVAE(CatVAE):
     public code: ``cross_entropy`` applied to the probabilities q(c|x̃) as if they were logits,
     i.e. −log softmax(q(c|x̃))_c, a bounded surrogate whose gradient vanishes as q(c|x̃) sharpens.
     One draw per batch element (``info_per_category: null``), or exactly ``info_per_category``
-    draws of each category (the authors' code: 10 of each). Nothing is detached: the gradient
-    reaches decoder and encoder.
+    draws of each category (the authors' code: 10 of each).
+
+    Which networks the term trains: eqs. (6) and (7) put it under max_φ, which read literally trains
+    only the inference network q (``info_trains_decoder: false``: x̃ is detached); the InfoGAN analogy of
+    section 8 (max over the generator too), section 6 ("does not block the back-propagation") and the
+    authors' code let its gradient reach the decoder as well (``info_trains_decoder: true``, the default).
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class InfoCatVAE(CatVAE):
         beta_info: float,
         info_loss: str,
         info_per_category: int | None,
+        info_trains_decoder: bool,
         **kwargs,
     ) -> None:
         super().__init__(net, optimizer, **kwargs)
@@ -45,6 +50,8 @@ class InfoCatVAE(CatVAE):
         else:
             c = torch.arange(self.K, device=self.device).repeat(n)
         x_gen = self.decode(self.prior.sample(c))
+        if not self.hparams.info_trains_decoder:
+            x_gen = x_gen.detach()
         return c, self.heads.logits(self.encoder(x_gen))
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
