@@ -44,14 +44,18 @@ METRIC_ORDER = (
     "val/usage_perplexity",
 )
 SEED_KEY = "seed"
+# the logged values that are better when higher (``--sort`` lists them first); every loss term is better lower
+HIGHER_IS_BETTER = frozenset({"cluster_acc", "nmi", "ari", "usage_perplexity", "disc_acc"})
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Job folders under ``sweep_dir``: folders with a status.json or a .hydra/overrides.yaml."""
+    """Job folders under ``sweep_dir``: folders with a status.json or a .hydra/overrides.yaml that lie in no
+    other such folder (``infocatvae.evaluate`` writes its own .hydra into ``<job>/eval/<name>/``: not a job)."""
     found = {p.parent for p in sweep_dir.rglob(STATUS_FILE)}
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     # the sweep folder's own .hydra (hydra writes multirun.yaml there) is not a job
-    return sorted(p for p in found if ".submitit" not in p.parts)
+    found = {p for p in found if ".submitit" not in p.parts}
+    return sorted(p for p in found if not any(parent in found for parent in p.parents))
 
 
 def _split_override(item: str) -> tuple[str, str]:
@@ -101,11 +105,12 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def sort_rows(rows: list[dict[str, Any]], metric: str | None, descending: bool | None) -> list[dict[str, Any]]:
-    """Rows by ``metric`` (jobs without it last); losses ascending and scores descending by default."""
+    """Rows by ``metric`` (jobs without it last); by default the scores (``HIGHER_IS_BETTER``) descending and every
+    other column (the loss terms: loss, recon, kl_*, info, marginal, gen, disc) ascending."""
     if not metric:
         return rows
     if descending is None:
-        descending = not metric.rsplit("/", 1)[-1].startswith(("loss", "recon", "kl"))
+        descending = metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 
     def key(r: dict[str, Any]):
         v = r.get(metric)

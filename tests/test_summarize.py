@@ -141,3 +141,40 @@ def test_group_by_an_unknown_key_is_an_error_naming_the_keys(seeds_sweep, capsys
     assert summarize.main([str(seeds_sweep), "--group-by", "model.lam"]) == 2
     err = capsys.readouterr().err
     assert "no job overrides model.lam" in err and "model.K, seed" in err
+
+
+def test_an_evaluation_folder_inside_a_job_is_not_a_job(seeds_sweep, capsys):
+    """``infocatvae.evaluate`` writes ``<job>/eval/<name>/.hydra/overrides.yaml`` (its ckpt_path): the table
+    still has one row per job, and ckpt_path is no override column nor a grouping key."""
+    evaluation = seeds_sweep / "0" / "eval" / "last" / ".hydra"
+    evaluation.mkdir(parents=True)
+    (evaluation / "overrides.yaml").write_text(f"- ckpt_path={seeds_sweep / '0' / 'checkpoints' / 'last.ckpt'}\n")
+    assert summarize.find_jobs(seeds_sweep) == sorted(seeds_sweep / str(i) for i in range(6))
+    assert summarize.main([str(seeds_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert len(table_rows(out, "model.K")) == 6 and "ckpt_path" not in out
+    assert "By model.K: mean ± standard deviation" in out
+
+
+@pytest.mark.parametrize(
+    "metric,best_first",
+    [
+        ("val/loss", True),
+        ("val/recon", True),
+        ("val/kl_cat", True),
+        ("val/info", True),  # a cross-entropy
+        ("val/marginal", True),  # a KL
+        ("val/gen", True),  # the AAE's adversarial losses
+        ("val/cluster_acc", False),
+        ("val/nmi", False),
+        ("test/usage_perplexity", False),
+        ("val/disc_acc", False),
+    ],
+)
+def test_sort_puts_small_losses_and_large_scores_first_by_default(metric, best_first):
+    rows = [{"job": "small", metric: 0.1}, {"job": "missing"}, {"job": "large", metric: 2.0}]
+    order = [r["job"] for r in summarize.sort_rows(rows, metric, None)]
+    assert order == (["small", "large", "missing"] if best_first else ["large", "small", "missing"])
+    # --ascending / --descending turn it round; jobs without the metric stay last
+    flipped = [r["job"] for r in summarize.sort_rows(rows, metric, best_first)]
+    assert flipped == [*order[:2][::-1], "missing"]
