@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from infocatvae import plots
@@ -90,6 +90,11 @@ class FiniteLossGuard(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.check(trainer)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Lightning calls this before any checkpoint file is written (step-based, epoch-end, on interrupt):
+        # a state after a bad step raises here and is never written
+        self.check(trainer)
+
 
 class EpochSeed(L.Callback):
     """Reseeds torch's global RNG (dropout, reparameterisation noise) at the start of every
@@ -115,10 +120,20 @@ class InterruptCheckpoint(L.Callback):
     """Saves ``last.ckpt`` when the process is asked to stop: SIGTERM (a cluster's preemption)
     or SIGINT (Ctrl-C), or submitit's preemption/time-out signal (which exits through
     ``SystemExit`` after requeueing the job), into the run folder's ``last.ckpt``. Other errors
-    (a NaN loss) save nothing, so ``last.ckpt`` keeps the last good state."""
+    (a NaN loss) save nothing, so ``last.ckpt`` keeps the last good state. Only while training runs
+    (from ``on_train_start``, after Lightning restored a resumed run, to ``on_train_end``): a stop
+    during the set-up (data, devices, the restore itself) would overwrite the run's ``last.ckpt``
+    with freshly initialised weights."""
 
     def __init__(self, run_dir: str) -> None:
         self.path = last_ckpt(run_dir)
+        self._training = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._training = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._training = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Lightning >= 2.6 raises SIGTERMException itself once the batch during which SIGTERM came is
@@ -128,16 +143,29 @@ class InterruptCheckpoint(L.Callback):
             raise SIGTERMException()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException, SystemExit)):
-            # a full checkpoint (optimiser states too), said explicitly: Lightning >= 2.6 logs a line otherwise
-            trainer.save_checkpoint(self.path, weights_only=False)
-            log.warning(
-                "Interrupted (%s): saved %s at epoch %d, step %d",
-                type(exception).__name__,
-                self.path,
-                trainer.current_epoch,
-                trainer.global_step,
-            )
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException, SystemExit)):
+            return
+        name = type(exception).__name__
+        if not self._training:
+            log.warning("Interrupted (%s) before training started: %s left as it was", name, self.path)
+            return
+        # a full checkpoint (optimiser states too), said explicitly: Lightning >= 2.6 logs a line otherwise
+        trainer.save_checkpoint(self.path, weights_only=False)
+        epoch, step = trainer.current_epoch, trainer.global_step
+        log.warning("Interrupted (%s): saved %s at epoch %d, step %d", name, self.path, epoch, step)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` (``conf/callbacks/default.yaml``): Lightning's ModelCheckpoint, monitoring nothing, that also
+    writes the run's final state when training ends after a step it did not save (with
+    ``every_n_train_steps`` instead of every epoch, or ``trainer.max_steps`` ending an epoch early):
+    ModelCheckpoint itself writes nothing when training ends but a ``save_last`` copy, which it makes only
+    beside a checkpoint of its own, and last.ckpt here is that checkpoint."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # (not yet saved at this step, not in a sanity check)
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class EpochSnapshots(Checkpoint):

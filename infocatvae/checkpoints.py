@@ -218,6 +218,33 @@ def order_checkpoint_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
     return sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint) and getattr(cb, "monitor", None) is None)
 
 
+STARTED_FROM = "started_from"  # status.json: the checkpoint of another run this run started from (None: scratch)
+
+
+def starting_point(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """What a run starting now starts from, as ``status.json`` keeps it: another run's checkpoint (its absolute
+    path), or None (from scratch, or from a file of its own folder)."""
+    if not ckpt_path or is_own(ckpt_path, run_dir):
+        return None
+    return str(Path(ckpt_path).resolve())
+
+
+def check_starting_point(ckpt_path: str | None, run_dir: Path, status: Mapping[str, Any]) -> None:
+    """Refuses a ``ckpt_path`` of another run when ``run_dir`` already holds a run that started elsewhere: that
+    folder's ``last.ckpt`` would be resumed (or its finished job skipped) and ``ckpt_path`` ignored. Running the
+    same command again (the same ``ckpt_path``) resumes as usual; so does a run recorded before
+    ``started_from`` existed, as it did then."""
+    if not ckpt_path or is_own(ckpt_path, run_dir) or not last_ckpt(run_dir).exists() or STARTED_FROM not in status:
+        return
+    recorded, wanted = status[STARTED_FROM], starting_point(ckpt_path, run_dir)
+    if recorded != wanted:
+        raise CheckpointError(
+            f"{run_dir} already holds a run started from {recorded or 'scratch'}: it would resume that run and "
+            f"ignore ckpt_path={ckpt_path}. Start from that checkpoint in another folder (hydra.run.dir=<folder>, "
+            f"or other overrides), or remove {run_dir}"
+        )
+
+
 def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
     """The checkpoint to resume from, checked against the configured model before anything is written.
 

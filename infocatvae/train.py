@@ -24,10 +24,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import hardware, validation
 from infocatvae.callbacks import EpochSeed
-from infocatvae.checkpoints import AtomicCheckpointIO, order_checkpoint_callbacks, resolve_checkpoint
+from infocatvae.checkpoints import (
+    STARTED_FROM,
+    AtomicCheckpointIO,
+    check_starting_point,
+    order_checkpoint_callbacks,
+    resolve_checkpoint,
+    starting_point,
+)
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.launcher import register_local_launcher
-from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, read_status
+from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, last_ckpt, read_status
 
 log = logging.getLogger(__name__)
 # hydra/launcher=local, also from an editable install (infocatvae/launcher.py)
@@ -127,7 +134,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train one job; returns its final metrics (validation, and test when ``test=true``)."""
     # A job writes only in its own folder, which it owns while it runs; a ckpt_path of another run is only read.
     run_dir = Path(cfg.paths.output_dir)
-    torch.set_num_threads(cpu_threads(cfg))
     tuned = hardware.tune_process()
     if tuned["nvml_check_skipped"]:
         log.info("No NVIDIA driver library: torch's NVML check turned off (%s=0)", hardware.NVML_CHECK)
@@ -150,24 +156,30 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     status = read_status(run_dir)
     max_epochs = cfg.trainer.get("max_epochs")
     explicit = cfg.get("ckpt_path")
+    # refused before status.json is touched: that folder holds another run, whose record stays as it is
+    check_starting_point(explicit, run_dir, status)
+    completed = status.get("metrics") or {}
     if (
         status.get("status") == "completed"
         and status.get("max_epochs") == max_epochs
         and not (explicit and is_own(explicit, run_dir))
+        and not (cfg.get("test") and not any(k.startswith("test/") for k in completed))
     ):
         log.info(
             "Job in %s already completed %s epochs; skipping (delete its status.json to retrain)", run_dir, max_epochs
         )
-        return status.get("metrics", {})
+        return completed
 
     with JobStatus(run_dir) as job:
         # Everything that can be rejected is built and checked before any training starts
         # (a failure here is recorded in status.json too, so that a sweep's summary shows it).
         validation.check(cfg)  # every field's value, before anything is built from it
+        torch.set_num_threads(cpu_threads(cfg))
         # Seeded first: the initial weights come from the global RNG.
         L.seed_everything(cfg.seed, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model)
+        has_own_last = last_ckpt(run_dir).exists()
         ckpt_path = resolve_checkpoint(cfg, run_dir, model)
         callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
@@ -185,10 +197,15 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if cfg.get("compile"):
             model.compile_losses()
 
-        job.running(model=cfg.model._target_, max_epochs=max_epochs, resumed_from=ckpt_path)
+        origin = {} if has_own_last else {STARTED_FROM: starting_point(ckpt_path, run_dir)}  # kept once written
+        job.running(model=cfg.model._target_, max_epochs=max_epochs, resumed_from=ckpt_path, **origin)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
+        if not trainer.callback_metrics:
+            # fit had nothing left to train (its checkpoint is at max_epochs already: a job killed after its last
+            # epoch, or run again to add test=true): the final weights' validation metrics, not none
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {
             k.removesuffix("_epoch"): float(v)
             for k, v in trainer.callback_metrics.items()

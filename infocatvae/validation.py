@@ -143,7 +143,7 @@ RULES: dict[str, Rule] = {
     "data.on_device": boolean(),
     "data.download": boolean(),
     # conf/train.yaml, conf/callbacks/default.yaml
-    "seed": integer(0),
+    "seed": integer(0, 2**32 - 1),  # seed_everything's range (numpy's)
     "test": boolean(),
     "compile": boolean(),
     "threads": integer(1, nullable=True),

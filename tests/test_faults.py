@@ -115,6 +115,8 @@ def test_unknown_group_option(tmp_path, group):
         ("data.batch_size=0", "data.batch_size"),
         ("model.K=null", "model.K"),
         ("model.lam=???", "model.lam"),
+        ("threads=0", "threads"),  # refused by its rule, before torch.set_num_threads sees it
+        ("seed=4294967296", "seed"),  # beyond seed_everything's range
     ],
 )
 def test_bad_values(tmp_path, override, field):
@@ -297,3 +299,20 @@ def test_finite_loss_guard_names_the_first_bad_term_and_step(every, tmp_path):
     # raised at the bad batch (every step) or at the next multiple of `every`, naming the FIRST bad one
     assert raised[0] == (2 if every == 1 else 3)
     assert "loss term 'loss' became non-finite at epoch 2, batch 2 (optimiser step 3)" in raised[1]
+
+
+def test_finite_loss_guard_checks_before_any_checkpoint_is_written(tmp_path):
+    """On an accelerator the guard reads its record every 100 steps; a checkpoint written in between (every N
+    training steps, or on an interrupt) must not hold the state after a bad step: Lightning calls the callbacks'
+    ``on_save_checkpoint`` before writing the file, and the guard raises there."""
+    from types import SimpleNamespace
+
+    from infocatvae.callbacks import FiniteLossGuard, NonFiniteLossError
+
+    guard = FiniteLossGuard(check_every_n_steps=100)
+    trainer = SimpleNamespace(global_step=0, current_epoch=1, default_root_dir=str(tmp_path))
+    for batch_idx, loss in enumerate([1.0, float("nan"), 1.0]):
+        trainer.global_step = batch_idx + 1
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, batch_idx)  # not read yet
+    with pytest.raises(NonFiniteLossError, match=r"'loss' became non-finite at epoch 1, batch 1 \(optimiser step 2\)"):
+        guard.on_save_checkpoint(trainer, None, {})

@@ -228,3 +228,77 @@ def test_snapshots_and_last_ckpt_are_written_every_epoch_even_when_validation_is
     # so a run goes on from either in the same way
     for key in ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step"):
         _same(third[key], last[key], key)
+
+
+def test_a_stop_during_a_resumes_set_up_leaves_last_ckpt_as_it_was(tmp_path, monkeypatch):
+    """Ctrl-C (or a preemption signal) while a resumed job loads its data, before Lightning restored the
+    checkpoint, must not overwrite ``last.ckpt`` with the freshly initialised model."""
+    from infocatvae.data import MNISTDataModule
+    from infocatvae.train import train
+
+    train_in_process(tmp_path, 1)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def interrupted(self, stage=None):
+        # submitit's preemption signal exits this way (Ctrl-C too, once Lightning turned it into sys.exit(1);
+        # raising KeyboardInterrupt here would make Lightning ignore SIGINT in the test process)
+        raise SystemExit("preempted")
+
+    monkeypatch.setattr(MNISTDataModule, "setup", interrupted)
+    with pytest.raises(SystemExit):
+        train(make_cfg([*TINY, "trainer.max_epochs=2", NOT_IMPROVING], tmp_path))
+    assert last.read_bytes() == before
+    assert ckpt(last)["global_step"] == 3
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_step_based_last_ckpt_also_holds_the_runs_final_state(tmp_path):
+    """With the README's step-based saving (every 4 steps, none at the epochs' ends) a 2-epoch run of 3 batches
+    an epoch saves at step 4 and, when training ends, at step 6: a finished job's last.ckpt is its end."""
+    step_based = ["callbacks.last_checkpoint.every_n_epochs=null", "callbacks.last_checkpoint.every_n_train_steps=4"]
+    status = train_in_process(tmp_path, 2, *step_based)
+    assert status["status"] == "completed" and status["step"] == 6
+    assert ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 6
+    # and a longer run goes on from there: one more epoch of 3 steps, none repeated
+    assert train_in_process(tmp_path, 3, *step_based)["step"] == 9
+    assert ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 9
+
+
+def test_a_job_with_nothing_left_to_train_records_its_validation_and_runs_test_when_asked(tmp_path):
+    """Run again with ``test=true`` after it finished, a job is not skipped: it scores the test images with its
+    final weights (no epoch trained again); killed after its last epoch (status not completed), it records the
+    final weights' validation metrics, not none."""
+    first = train_in_process(tmp_path, 1)
+    assert first["status"] == "completed" and "val/loss" in first["metrics"]
+    again = train_in_process(tmp_path, 1, "test=true")
+    assert again["status"] == "completed" and again["step"] == 3, "an epoch was trained again"
+    assert {"val/loss", "test/loss", "test/cluster_acc"} <= set(again["metrics"])
+    # a job killed after writing its last epoch's checkpoint: status.json still says running
+    status = json.loads((tmp_path / "status.json").read_text())
+    (tmp_path / "status.json").write_text(json.dumps({**status, "status": "running", "metrics": {}}))
+    killed = train_in_process(tmp_path, 1)
+    assert killed["status"] == "completed" and killed["step"] == 3
+    assert killed["metrics"]["val/loss"] == pytest.approx(first["metrics"]["val/loss"], rel=0.05)
+
+
+def test_ckpt_path_of_another_run_is_refused_where_a_run_started_otherwise_lives(tmp_path):
+    """A folder holding a run from scratch (or from another checkpoint) would resume it and ignore ``ckpt_path``:
+    refused, naming both, and that run's status.json is left as it was. The same ``ckpt_path`` again resumes."""
+    from infocatvae.checkpoints import CheckpointError
+
+    source, scratch, warm = tmp_path / "source", tmp_path / "scratch", tmp_path / "warm"
+    train_in_process(source, 1)
+    train_in_process(scratch, 1)
+    source_last = source / "checkpoints" / "last.ckpt"
+    assert json.loads((scratch / "status.json").read_text())["started_from"] is None
+    before = (scratch / "status.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"already holds a run started from scratch: .*ckpt_path="):
+        train_in_process(scratch, 2, f"ckpt_path={source_last}")
+    assert (scratch / "status.json").read_bytes() == before
+    # started from the source's checkpoint, then run again with the same command: it resumes its own last.ckpt
+    assert train_in_process(warm, 2, f"ckpt_path={source_last}")["started_from"] == str(source_last.resolve())
+    again = train_in_process(warm, 3, f"ckpt_path={source_last}")
+    assert again["status"] == "completed" and again["step"] == 9
+    with pytest.raises(CheckpointError, match=f"started from {source_last.resolve()}"):
+        train_in_process(warm, 4, f"ckpt_path={scratch / 'checkpoints' / 'last.ckpt'}")
