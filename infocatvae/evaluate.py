@@ -109,17 +109,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
     }
     results.update(metrics.test_metrics(model, x_test, y_test, cfg.batch_size))
+    # Each draw of generated samples starts from the seed, as if its metric ran alone: the categories from a
+    # generator of its own, z from the global generator reseeded inside fork_rng (restored after). So the
+    # samples of the densities do not depend on whether the info metrics ran, nor on n_test (the test pass
+    # above draws reparameterisation noise from the global generator).
+    forked = lambda: torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])  # noqa: E731
     if cfg.info.enabled and model.K > 1:
-        # Each draw of generated samples starts from the seed: the categories from a generator of its own, z
-        # from the global generator as the info metrics found it, restored after them. So the samples of the
-        # densities below are those of an evaluation with info.enabled=false (before, they followed the
-        # info metrics' draws, and turning those on moved kde_ll by the sample noise).
         view = lambda x: dm.as_view(x).to(device)  # noqa: E731
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with forked():
+            torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
             results.update(metrics.info_metrics(model, cfg.info.n_samples, cfg.batch_size, view, gen))
     if cfg.kde.enabled or cfg.parzen.enabled:
-        _, x_gen = metrics.generate(model, cfg.n_generated, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+        with forked():
+            torch.manual_seed(cfg.seed)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            _, x_gen = metrics.generate(model, cfg.n_generated, cfg.batch_size, gen)
         x_gen = x_gen.cpu()
         results["n_generated"] = len(x_gen)
         flat = lambda images: images.reshape(len(images), -1).float().div_(255.0)  # noqa: E731

@@ -186,6 +186,11 @@ def test_each_metric_draws_the_same_samples_whatever_else_is_evaluated(checkpoin
         assert both[key] == density_only[key], key
     for key in ("info_ce", "info_ce_on_probs", "info_acc"):
         assert both[key] == info_only[key], key
+    # nor on how many test images the test pass (which draws reparameterisation noise) went through
+    fewer_test = run("fewer_test", "n_test=100")
+    assert fewer_test["n_test"] != both["n_test"]
+    for key in ("kde_ll", "kde_ll_sem", "parzen_test_ll", "info_ce", "info_ce_on_probs", "info_acc"):
+        assert fewer_test[key] == both[key] or key == "parzen_test_ll", key  # (Parzen scores the test images)
     # and the seed still matters: another seed draws other samples
     assert run("seed1", "info.enabled=false", "seed=1")["kde_ll"] != density_only["kde_ll"]
 
