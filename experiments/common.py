@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -57,6 +58,22 @@ def run_name(experiment: str, args, variant: str = "") -> str:
     return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
 
 
+# what Hydra's override grammar reads as more than a plain string: a value holding one of these is quoted
+HYDRA_SPECIAL = re.compile(r"[=,\s'\"\[\]{}()\\:$*?]")
+
+
+def path_override(key: str, path: str | Path) -> str:
+    """``key=path`` for Hydra's command line, the path quoted when its grammar would split or interpret it (a
+    multirun job's folder holds ``=`` and ``,``); as it is otherwise, so that the stored overrides of earlier
+    evaluations still match."""
+    text = str(path)
+    if not HYDRA_SPECIAL.search(text):
+        return f"{key}={text}"
+    # inside quotes Hydra reads a backslash as an escape only before a quote or the closing quote
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
 def train_command(run_dir: Path, overrides: list[str], args) -> list[str]:
     """The ``infocatvae.train`` command of a script's run: ``overrides``, the script's epochs and batch limit,
     the run folder and log folder, no progress bar."""
@@ -66,8 +83,8 @@ def train_command(run_dir: Path, overrides: list[str], args) -> list[str]:
         "infocatvae.train",
         *overrides,
         f"trainer.max_epochs={args.epochs}",
-        f"hydra.run.dir={run_dir}",
-        f"paths.log_dir={args.log_dir}",
+        path_override("hydra.run.dir", run_dir),
+        path_override("paths.log_dir", args.log_dir),
         "callbacks.progress_bar.refresh_rate=0",
     ]
     if args.limit_train_batches:
@@ -95,9 +112,9 @@ def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[d
         sys.executable,
         "-m",
         "infocatvae.evaluate",
-        f"ckpt_path={ckpt}",
-        f"hydra.run.dir={out}",
-        f"paths.log_dir={args.log_dir}",
+        path_override("ckpt_path", ckpt),
+        path_override("hydra.run.dir", out),
+        path_override("paths.log_dir", args.log_dir),
         *overrides,
         *args.eval,
     ]

@@ -66,9 +66,9 @@ def main() -> None:
                     sys.executable,
                     "-m",
                     "infocatvae.evaluate",
-                    f"ckpt_path={snaps[e]}",
-                    f"hydra.run.dir={out}",
-                    f"paths.log_dir={args.log_dir}",
+                    common.path_override("ckpt_path", snaps[e]),
+                    common.path_override("hydra.run.dir", out),
+                    common.path_override("paths.log_dir", args.log_dir),
                     "figures.enabled=false",
                     *args.eval,
                 ]

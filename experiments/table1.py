@@ -18,6 +18,19 @@ PAPER = {
 }
 
 
+def parzen_split(m: dict) -> str:
+    """Where an evaluation's Parzen bandwidth was chosen, from its metrics.json."""
+    n, (size, images) = (
+        m["parzen_n_valid"],
+        (
+            (m["parzen_val_size"], "validation images the model never trained on")
+            if m["parzen_bandwidth_split"] == "val"
+            else (60000, "training images")
+        ),
+    )
+    return f"the {size:,} {images}" if n >= size else f"{n:,} of the {size:,} {images}"
+
+
 def main() -> None:
     args = common.parser(__doc__).parse_args()
     start = time.perf_counter()
@@ -45,8 +58,8 @@ def main() -> None:
         f"(grid and held-out scores: {last['kde_cv_scores']}), then the mean log-density of "
         f"{last['n_generated']} generated samples (c uniform, z ~ p(z|c), decoded). "
         "`parzen_test_ll` is the protocol of Goodfellow et al. (2014) and Makhzani et al. (2015): the density is "
-        "fitted on the generated samples, h chosen on the 5K validation images the model never trained on, and the "
-        "10K test images are scored. "
+        f"fitted on the generated samples, h chosen on {parzen_split(last)}, and the {last['n_test']:,} test images "
+        "are scored. "
         "The two protocols measure different things and are not comparable with each other.",
         "",
         "The paper computed its numbers with scikit-learn's `KernelDensity`; ours are computed in torch "

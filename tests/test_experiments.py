@@ -476,7 +476,9 @@ def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeyp
             assert compose("train", overrides=[f"experiment={exp}"]).model.likelihood == fig5.CONFIG_LIKELIHOOD
 
     trained, written = [], {}
-    metrics = dict.fromkeys(("cluster_acc", "nmi", "ari", "info_ce", "info_acc", "test_recon"), 0.5)
+    metrics = dict.fromkeys(("cluster_acc", "ari", "info_ce", "info_acc", "test_recon"), 0.5)
+    # q(c|x) spread evenly whatever the digit: an NMI near 0, and no collapse onto one category
+    metrics.update(nmi=0.002, category_usage=[0.1] * 10, n_test=10000)
     monkeypatch.setattr(
         common, "train", lambda exp, args, o=(), v="": trained.append((exp, list(o), v)) or (Path(exp), 0)
     )
@@ -490,3 +492,46 @@ def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeyp
     assert written["name"] == result
     assert written["runs"] == [f"{exp}{'_' + variant if variant else ''}_e3" for exp in fig5.RUNS]
     assert ("binary cross-entropy" if variant else "squared error") in written["text"]
+    assert "10,000 test images" in written["text"] and "in one category" not in written["text"]
+    metrics["category_usage"] = [0.995, 0.005] + [0.0] * 8  # every test image but 0.5 % in one category
+    fig5.main()
+    assert "more than 99 % of the test images in one category" in written["text"]
+
+
+def test_table1_says_where_the_parzen_bandwidth_was_chosen_from_the_evaluation_itself():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import table1
+
+    on_val = {"parzen_bandwidth_split": "val", "parzen_n_valid": 1000, "parzen_val_size": 5000}
+    assert table1.parzen_split(on_val) == "1,000 of the 5,000 validation images the model never trained on"
+    assert (
+        table1.parzen_split({**on_val, "parzen_n_valid": 5000})
+        == "the 5,000 validation images the model never trained on"
+    )
+    on_train = {"parzen_bandwidth_split": "train", "parzen_n_valid": 2000}
+    assert table1.parzen_split(on_train) == "2,000 of the 60,000 training images"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/logs/experiments/table1_catvae_e600/checkpoints/last.ckpt",  # as it is: earlier evaluations still match
+        "/logs/multirun/model.K=5,seed=1/checkpoints/last.ckpt",  # a multirun job's folder
+        "/my logs/it's here/run",
+        "/odd\\name\\",
+    ],
+)
+def test_the_scripts_paths_reach_hydra_as_they_are(path):
+    """``common.path_override`` quotes a path only where Hydra's override grammar would split or interpret it."""
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+
+    override = common.path_override("ckpt_path", path)
+    assert OverridesParser.create().parse_override(override).value() == path
+    assert (override == f"ckpt_path={path}") == ("=" not in path and " " not in path and "\\" not in path)
