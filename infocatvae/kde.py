@@ -85,7 +85,7 @@ class _PruneEmbedding:
         self.unit = 2.0**-24 if ieee32 else 2.0**-53
         e, sq = self._embed(fit, fit_sq)
         self.fit_side = torch.cat([e, sq[:, None], torch.ones_like(sq)[:, None]], 1).to(self.dtype)
-        self.fit_norm = float(fit_sq.max().sqrt())
+        self.fit_norm = float(sq.max().clamp(min=0.0).sqrt())  # max ||x − μ||: the embedded vectors' largest norm
 
     def _embed(self, x: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(e(x), ||x − μ||²) in float64, given ||x||²."""
@@ -99,10 +99,10 @@ class _PruneEmbedding:
         """Writes into ``out`` (len(y) × N) a lower bound of ||y_i − x_j||² up to the returned slack."""
         e, sq = self._embed(y, y_sq)
         query_side = torch.cat([e.mul_(-2.0), torch.ones_like(sq)[:, None], sq[:, None]], 1).to(self.dtype)
-        # γ_{k+3} of the product plus the inputs' rounding to self.dtype, over (|y| + |x|)² ≥ the sum
-        # of the products' magnitudes; 1e-6 of that covers e's float64 error (the residual norm is
-        # the square root of a difference: ~1e-8 relative where it is near zero).
-        scale = (float(y_sq.max().sqrt()) + self.fit_norm) ** 2
+        # γ_{k+3} of the product plus the inputs' rounding to self.dtype, over (|y − μ| + |x − μ|)² ≥ the sum
+        # of the products' magnitudes (|e(x)| = |x − μ|); 1e-6 of that covers e's float64 error (the residual
+        # norm is the square root of a difference: ~1e-8 relative where it is near zero).
+        scale = (float(sq.max().clamp(min=0.0).sqrt()) + self.fit_norm) ** 2
         torch.mm(query_side, self.fit_side.T, out=out)
         return (2.0 * (self.k + 6) * self.unit + 1e-6) * scale
 
