@@ -23,7 +23,7 @@ all within ``--budget`` seconds (default 540):
 eight flat files: ``summary.json`` (the machine; per training run its epoch times from the TensorBoard
 events, train and validation losses per epoch, GPU utilisation; each phase's command, exit status and
 wall time), ``<phase>.log`` and ``<phase>_gpu.csv``, ``bench.jsonl``. ``--smoke`` runs the same plumbing on
-a CPU in about a minute (``trainer=cpu``, two short epochs, no compiled run, the bench's baseline record
+a CPU in about 30 s (``trainer=cpu``, two short epochs, no compiled run, the bench's baseline record
 alone): what ``tests/test_experiments.py`` runs. Of the framework this imports only ``infocatvae.data``
 and ``infocatvae.loggers`` (torch, Lightning and TensorBoard, which the GPU machine has, no Hydra); the
 phases are subprocesses, so the wheels can be installed first.
