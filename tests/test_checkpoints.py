@@ -121,3 +121,28 @@ def test_a_checkpoint_from_before_a_field_existed_resumes_without_a_change_at_th
     # a field that did exist and changed is still reported
     changed = make_model("model=catvae net=gru data=seq_mnist model.lam=3")
     assert check_compatible(ckpt, changed, "old.ckpt") == ["model.lam: 2.0 in the checkpoint, 3 configured"]
+
+
+def test_load_from_checkpoint_completes_a_field_added_after_the_checkpoint_was_written(tmp_path):
+    """``InfoCatVAE.load_from_checkpoint(path)`` (the README's API) on a checkpoint written before
+    ``model.info_trains_decoder`` existed: the field takes the shipped default, the weights are the stored ones;
+    a checkpoint of another model is refused, naming both."""
+    from infocatvae.models import AAE, InfoCatVAE
+    from infocatvae.models.base import BaseModel
+
+    model = make_model("model=infocatvae")
+    hparams = copy.deepcopy(dict(model.hparams))
+    del hparams["info_trains_decoder"]  # as written before the field existed
+    path = tmp_path / "old.ckpt"
+    import lightning
+
+    stored = {"hyper_parameters": hparams, "state_dict": model.state_dict(), MODEL_KEY: "infocatvae.models.InfoCatVAE"}
+    torch.save({**stored, "pytorch-lightning_version": lightning.__version__}, path)
+    with pytest.raises(TypeError, match="info_trains_decoder"):  # what Lightning's own loader does with it
+        super(BaseModel, InfoCatVAE).load_from_checkpoint(path)
+    loaded = InfoCatVAE.load_from_checkpoint(path)
+    assert type(loaded) is InfoCatVAE and loaded.hparams.info_trains_decoder is True and not loaded.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    with pytest.raises(TypeError, match="holds a model of class InfoCatVAE, not AAE"):
+        AAE.load_from_checkpoint(path)

@@ -231,5 +231,19 @@ class BaseModel(L.LightningModule):
         self.log(f"{stage}/ari", float(scores["ari"]), rank_zero_only=True)
         self.log(f"{stage}/usage_perplexity", float(scores["usage_perplexity"]), rank_zero_only=True)
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``; with no argument but the file (and ``map_location``), also a checkpoint
+        written before a field of the model existed: ``checkpoints.load_model``, which completes such a field from
+        the shipped config (the classes take no defaults), checked to hold a ``cls``. Returned in eval mode."""
+        if hparams_file is not None or strict is not None or kwargs:
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
+        from infocatvae.checkpoints import load_model  # (checkpoints imports this module)
+
+        model = load_model(checkpoint_path, map_location or "cpu")
+        if not isinstance(model, cls):
+            raise TypeError(f"{checkpoint_path} holds a model of class {type(model).__name__}, not {cls.__name__}")
+        return model
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[MODEL_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
