@@ -10,6 +10,7 @@ GPU trainer, the whole dataset is moved to the GPU once in ``setup``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -145,12 +146,21 @@ class _BatchIndices(DistributedSampler):
     def __init__(self, dataset: Dataset, batch_size: int, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         self.batch_size = batch_size
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it): see resume_at
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """The next pass, if it is epoch ``epoch``'s, starts after its first ``batches`` batches."""
+        self._resume = (epoch, batches)
 
     def __iter__(self):
         # A generator, so the order is drawn at the first batch, as torch's BatchSampler does: Lightning may
         # create the loader's iterator before it sets the epoch (then a resumed run would see another order).
         order = torch.tensor(list(super().__iter__()), dtype=torch.long)
-        yield from order.split(self.batch_size)
+        skip = 0
+        if self._resume is not None:
+            skip = self._resume[1] if self._resume[0] == self.epoch else 0
+            self._resume = None
+        yield from order.split(self.batch_size)[skip:]
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -158,6 +168,25 @@ class _BatchIndices(DistributedSampler):
 
 def _keep_batch(batch):
     return batch
+
+
+class _ResumableLoader(DataLoader):
+    """The training loader, resumable mid-epoch (Lightning's ``_Stateful``: ``state_dict``/``load_state_dict``, saved
+    in each checkpoint): it records the epoch and how many of its batches were trained (``progress``), and a run
+    resumed from a checkpoint written mid-epoch (a preemption, ``every_n_train_steps``) goes on with the epoch's
+    next batch, instead of the epoch's first batches again (Lightning counts on from where it stopped, so the
+    epoch's last batches would never be seen)."""
+
+    def __init__(self, *args, progress: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        # the epoch whose order the sampler drew (Lightning sets it again, the same, on resuming)
+        return {"epoch": self.sampler.epoch, "batches": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"])
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -219,6 +248,10 @@ class MNISTDataModule(L.LightningDataModule):
         # worker processes would only add IPC copies.
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # Lightning replaces any sampler but a SequentialSampler (with batch_size=None it would then hand out
+            # single images): the same first batches in order, torch's own batching
+            return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
         # A DistributedSampler also for one process: its permutation depends only on
         # (shuffle_seed, epoch), which Lightning sets each epoch, so a resumed run
         # sees the same batches as an uninterrupted one.
@@ -227,15 +260,22 @@ class MNISTDataModule(L.LightningDataModule):
         )
         # Its own generator: creating an iterator otherwise draws a base seed from torch's global RNG,
         # at a point that differs between an uninterrupted and a resumed run (see callbacks.EpochSeed).
-        return DataLoader(
-            ds,
-            batch_size=None,  # each item of the sampler is a batch
-            sampler=batches,
-            collate_fn=_keep_batch,
-            num_workers=0,
-            pin_memory=False,
-            generator=torch.Generator().manual_seed(self.shuffle_seed),
-        )
+        settings = {
+            "batch_size": None,  # each item of the sampler is a batch
+            "sampler": batches,
+            "collate_fn": _keep_batch,
+            "num_workers": 0,
+            "pin_memory": False,
+            "generator": torch.Generator().manual_seed(self.shuffle_seed),
+        }
+        if shuffle:  # the training loader
+            return _ResumableLoader(ds, **settings, progress=self._training_progress)
+        return DataLoader(ds, **settings)
+
+    def _training_progress(self) -> int:
+        """How many batches of the running epoch have had their step, when a checkpoint is written; where Lightning
+        counts on from when it resumes (a stop inside a step counts that batch as not trained)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

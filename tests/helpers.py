@@ -22,7 +22,7 @@ DATA_DIR = str(Path(os.environ.get("INFOCATVAE_DATA_DIR") or REPO.parent / "shar
 MODELS = ("catvae", "infocatvae", "catvae_free", "aae")
 
 # Tiny end-to-end runs on slices of the real data, in-process or as subprocesses of the entry points:
-# conf/debug/tiny.yaml (one epoch of 3 training batches and 1 validation batch of 64 images on the
+# conf/debug/tiny.yaml (one epoch of 3 training batches of 64 images and 1 validation batch of 256 on the
 # CPU, no image grids, no progress bar).
 TINY = ["debug=tiny"]
 

@@ -302,3 +302,52 @@ def test_ckpt_path_of_another_run_is_refused_where_a_run_started_otherwise_lives
     assert again["status"] == "completed" and again["step"] == 9
     with pytest.raises(CheckpointError, match=f"started from {source_last.resolve()}"):
         train_in_process(warm, 4, f"ckpt_path={scratch / 'checkpoints' / 'last.ckpt'}")
+
+
+@pytest.mark.parametrize(
+    "stop, error, extra, saved_step",
+    [
+        (3, SystemExit, [], 3),  # a preemption inside the 4th step: the interrupt checkpoint, 3 steps done
+        # a crash inside the 6th step, after a step-based checkpoint at step 4: batch 5 is trained again
+        (
+            5,
+            RuntimeError,
+            ["callbacks.last_checkpoint.every_n_epochs=null", "callbacks.last_checkpoint.every_n_train_steps=4"],
+            4,
+        ),
+    ],
+)
+def test_a_resume_from_a_mid_epoch_checkpoint_trains_the_rest_of_the_epoch(
+    tmp_path, monkeypatch, stop, error, extra, saved_step
+):
+    """Resumed from a checkpoint written mid-epoch (by the interrupt, or every N steps), a run trains the epoch's
+    batches after that checkpoint, in the uninterrupted run's order (before, Lightning counted on from there but
+    the loader began the epoch's order again: the epoch's first batches twice, its last ones never)."""
+    from infocatvae.models.base import BaseModel
+
+    seen: list[list[int]] = []
+    stop_at = {"batch": None}
+    original = BaseModel.training_step
+
+    def recording(self, batch, batch_idx):
+        if batch_idx == stop_at["batch"]:
+            raise error("stopped")  # inside the step, before its optimiser step
+        seen[-1].append(int(batch[1].sum()))  # the batch's labels, as its fingerprint
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(BaseModel, "training_step", recording)
+    six = ["trainer.limit_train_batches=6", "trainer.limit_val_batches=0", *extra]
+    seen.append([])
+    train_in_process(tmp_path / "whole", 1, *six)
+    stop_at["batch"] = stop
+    seen.append([])
+    with pytest.raises(error):
+        train_in_process(tmp_path / "split", 1, *six)
+    assert ckpt(tmp_path / "split" / "checkpoints" / "last.ckpt")["global_step"] == saved_step
+    stop_at["batch"] = None
+    seen.append([])
+    status = train_in_process(tmp_path / "split", 1, *six)
+    assert status["status"] == "completed" and status["step"] == 6
+    whole, before, after = seen
+    assert len(set(whole)) == 6, "premise: the six batches differ"
+    assert before == whole[:stop] and after == whole[saved_step:]

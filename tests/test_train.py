@@ -164,3 +164,22 @@ def test_bad_hyperparameters_exit_non_zero_before_training(override, message, tm
     assert out.returncode != 0
     assert message in out.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_debug_overfit_trains_on_the_same_first_batches(tmp_path, monkeypatch):
+    """``debug=overfit`` (Lightning's overfit_batches: its own sequential sampler) trains, on the same 3 batches of
+    the training set in order every epoch."""
+    from infocatvae.models.base import BaseModel
+
+    seen: list[int] = []
+    original = BaseModel.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append(int(batch[1].sum()))
+        assert batch[0].shape == (128, 1, 28, 28)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(BaseModel, "training_step", recording)
+    metrics = train(make_cfg(["debug=overfit", "trainer.max_epochs=2", "callbacks.images.every_n_epochs=10"], tmp_path))
+    assert "val/loss" in metrics and read_status(tmp_path)["status"] == "completed"
+    assert len(seen) == 6 and seen[:3] == seen[3:]
