@@ -115,19 +115,24 @@ def check_strategy(cfg: DictConfig) -> None:
 
 
 def cpu_threads(cfg: DictConfig) -> int:
-    """torch's CPU thread count for this job: ``threads``, else ``$SLURM_CPUS_PER_TASK``, else the submitit
-    launcher's ``cpus_per_task``, else every core this process may use (``os.sched_getaffinity``)."""
+    """torch's CPU thread count for this job: ``threads``, else the submitit launcher's ``cpus_per_task``, else
+    ``$SLURM_CPUS_PER_TASK``, else every core this process may use (``os.sched_getaffinity``). The launcher's
+    first: a local sweep started inside a SLURM allocation inherits its ``SLURM_CPUS_PER_TASK``, while the local
+    launcher runs as many jobs at once as the cores hold its ``cpus_per_task`` (under the SLURM launcher the
+    two are the same)."""
     if cfg.get("threads") is not None:
         return cfg.threads
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
     try:
         from hydra.core.hydra_config import HydraConfig
 
         launcher_cpus = HydraConfig.get().launcher.get("cpus_per_task")
     except (ValueError, AttributeError):  # no Hydra (train() called directly), or a launcher without the field
         launcher_cpus = None
-    return int(launcher_cpus) if launcher_cpus else len(os.sched_getaffinity(0))
+    if launcher_cpus:
+        return int(launcher_cpus)
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -83,7 +83,8 @@ def test_lock_of_a_killed_job_does_not_block_the_resume(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 
-def test_cpu_threads_follow_the_config_then_slurm_then_the_cores(monkeypatch):
+def test_cpu_threads_follow_the_config_then_the_launcher_then_slurm_then_the_cores(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from infocatvae.train import cpu_threads
@@ -93,6 +94,11 @@ def test_cpu_threads_follow_the_config_then_slurm_then_the_cores(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert cpu_threads(OmegaConf.create({"threads": None})) == 3
     assert cpu_threads(OmegaConf.create({"threads": 1})) == 1
+    # a local sweep inside a SLURM allocation: the local launcher's cpus_per_task, not the allocation's
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {"cpus_per_task": 1}})))
+    assert cpu_threads(OmegaConf.create({"threads": None})) == 1
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {}})))  # basic launcher
+    assert cpu_threads(OmegaConf.create({"threads": None})) == 3
 
 
 def test_eval_dir_layout(tmp_path):
