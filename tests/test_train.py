@@ -183,3 +183,16 @@ def test_debug_overfit_trains_on_the_same_first_batches(tmp_path, monkeypatch):
     metrics = train(make_cfg(["debug=overfit", "trainer.max_epochs=2", "callbacks.images.every_n_epochs=10"], tmp_path))
     assert "val/loss" in metrics and read_status(tmp_path)["status"] == "completed"
     assert len(seen) == 6 and seen[:3] == seen[3:]
+
+
+def test_the_run_folder_is_named_by_what_changes_the_training_only():
+    """The folder name (Hydra's override_dirname) holds the overrides that change the training, not where its
+    curves go (``logger``), its length, paths or the progress bar: those resume the same folder."""
+    from hydra import compose, initialize_config_dir
+
+    from infocatvae.config import CONFIG_DIR
+
+    same = ["logger=csv", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", "test=true"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model.lam=4", *same], return_hydra_config=True)
+    assert cfg.hydra.job.override_dirname == "model.lam=4"
