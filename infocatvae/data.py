@@ -135,6 +135,13 @@ class _InMemory(Dataset):
         return self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
+def sampler_seed(shuffle_seed: int) -> int:
+    """The seed handed to ``DistributedSampler``, which draws epoch e's order from seed + e: the shuffle seed
+    times a prime above any number of epochs, so that runs with neighbouring seeds (0, 1, 2) do not share their
+    orders one epoch apart (seed 1's epoch 0 was seed 0's epoch 1)."""
+    return shuffle_seed * 1_000_003
+
+
 class _BatchIndices(DistributedSampler):
     """This process's share of the data in ``DistributedSampler``'s order, cut into batches of ``batch_size``
     indices, each one tensor (the last one shorter): the DataLoader (``batch_size=None``) hands each to
@@ -256,7 +263,13 @@ class MNISTDataModule(L.LightningDataModule):
         # (shuffle_seed, epoch), which Lightning sets each epoch, so a resumed run
         # sees the same batches as an uninterrupted one.
         batches = _BatchIndices(
-            ds, batch_size, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.shuffle_seed, drop_last=False
+            ds,
+            batch_size,
+            num_replicas=world,
+            rank=rank,
+            shuffle=shuffle,
+            seed=sampler_seed(self.shuffle_seed),
+            drop_last=False,
         )
         # Its own generator: creating an iterator otherwise draws a base seed from torch's global RNG,
         # at a point that differs between an uninterrupted and a resumed run (see callbacks.EpochSeed).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infocatvae.data import DataError, _BatchIndices, check_raw_files, ensure_dataset
+from infocatvae.data import DataError, _BatchIndices, check_raw_files, ensure_dataset, sampler_seed
 from tests.helpers import make_datamodule
 
 
@@ -54,6 +54,21 @@ def test_shuffle_depends_only_on_seed_and_epoch(data_dir):
     assert not torch.equal(next(iter(loader))[1], first[0])
 
 
+def test_neighbouring_seeds_do_not_share_their_epoch_orders(data_dir):
+    """DistributedSampler draws epoch e from seed + e: with the shuffle seed as it is, seed 1's epoch 0 would be
+    seed 0's epoch 1."""
+
+    def order(seed: int, epoch: int) -> torch.Tensor:
+        dm = make_datamodule("data.batch_size=55000", f"seed={seed}")
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))[1]
+
+    assert not torch.equal(order(1, 0), order(0, 1)) and not torch.equal(order(2, 3), order(1, 4))
+    assert torch.equal(order(1, 0), order(1, 0))
+
+
 def test_batches_follow_the_distributed_samplers_order_one_tensor_each(data_dir):
     """The training loader's batches are ``DistributedSampler``'s order for this process (seed, epoch), cut into
     ``batch_size`` consecutive indices, the last one shorter: the batches of torch's own BatchSampler."""
@@ -65,13 +80,15 @@ def test_batches_follow_the_distributed_samplers_order_one_tensor_each(data_dir)
     loader.sampler.set_epoch(2)
     batches = list(loader)
     assert len(batches) == len(loader) == 55 and [len(b[1]) for b in batches[-2:]] == [1000, 55000 - 54 * 1000]
-    ref = DistributedSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=dm.shuffle_seed)
+    ref = DistributedSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=sampler_seed(dm.shuffle_seed))
     ref.set_epoch(2)
     order = torch.tensor(list(ref))
     assert torch.equal(torch.cat([b[1] for b in batches]), dm.train_set.labels[order])
     assert torch.equal(batches[7][0], dm.train_set.images[order[7000:8000]])
     # the two processes of a DDP job: disjoint halves of the same permutation
-    ranks = [_BatchIndices(dm.train_set, 1000, num_replicas=2, rank=r, seed=dm.shuffle_seed) for r in (0, 1)]
+    ranks = [
+        _BatchIndices(dm.train_set, 1000, num_replicas=2, rank=r, seed=sampler_seed(dm.shuffle_seed)) for r in (0, 1)
+    ]
     halves = [torch.cat(list(b)) for b in ranks]
     assert [len(b) for b in ranks] == [28, 28] and [len(h) for h in halves] == [27500, 27500]
     assert set(halves[0].tolist()).isdisjoint(halves[1].tolist())

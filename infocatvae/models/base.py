@@ -163,7 +163,7 @@ class BaseModel(L.LightningModule):
         keys, sums, count = self._term_sums.pop(stage, (None, None, 0))
         if not count:
             return
-        # summed over processes first (exact where they saw different numbers of images); after that the
+        # summed over processes first (weighted by the images each saw); after that the
         # values are the same on every process, so sync_dist's mean leaves them as they are
         totals = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum")
         means = dict(zip(keys, totals[:-1] / totals[-1]))
