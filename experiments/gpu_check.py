@@ -205,8 +205,20 @@ def run(out: Path, kit: Path, work: Path, budget: float, smoke: bool) -> dict:
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    # a machine kept warm between calls keeps /tmp: an earlier attempt's runs would be skipped as completed or
+    # resumed, and their curves timed against this attempt's start
+    shutil.rmtree(work / "runs", ignore_errors=True)
     env = prepare(kit, work, os.environ)
     summary: dict = {"machine": machine(), "smoke": smoke, "kit": str(kit) if kit.is_dir() else None, "phases": {}}
+    # first, in seconds: an environment that cannot import the package stops here (its error in summary.json, no
+    # file of its own: the device tool returns at most eight), not once in each long phase
+    imports = [sys.executable, "-c", "import infocatvae.models, infocatvae.train, experiments.bench"]
+    check = subprocess.run(imports, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    summary["import"] = {"rc": check.returncode, "stderr_tail": check.stderr[-3000:]}
+    if check.returncode != 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print("import failed:", check.stderr[-3000:], flush=True)
+        return summary
     for name, cmd, limit in phases(smoke, work):
         left = budget - (time.monotonic() - t0)
         if left < 20:

@@ -11,6 +11,7 @@ either data view: the MLP flattens whatever it gets and the GRU reads any
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -31,17 +32,12 @@ class Dropout(nn.Dropout):
     float32 output."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.p == 1 or x.device.type != "cpu":
+        if not self.training or self.p == 0 or self.p == 1 or x.device.type != "cpu" or not SEEDED_CUSTOM_OPS:
             return super().forward(x)
         return x * dropout_scale(list(x.shape), self.p)
 
 
-# An operator of its own, opaque to torch.compile: dynamo cannot trace ``random_``, and inductor's own CPU
-# draws (one Philox number per element, a boolean mask cast through a scalar loop) made the compiled
-# InfoCatVAE-MLP step half as fast as eager (experiments/results/bench.md). Tagged as seeded randomness:
-# two calls with the same arguments are two draws (compiled graphs would otherwise merge them into one).
-@torch.library.custom_op("infocatvae::dropout_scale", mutates_args=(), tags=torch.Tag.nondeterministic_seeded)
-def dropout_scale(shape: list[int], p: float) -> torch.Tensor:
+def _dropout_scale(shape: list[int], p: float) -> torch.Tensor:
     """A float32 CPU tensor of ``shape``: 1 / (1 − p) with probability 1 − p, else 0, independently; the
     multiplier of ``Dropout``, equal to ``keep_mask`` drawn from the same generator state, scaled."""
     draws, threshold = _random_draws(shape, p)
@@ -52,9 +48,24 @@ def dropout_scale(shape: list[int], p: float) -> torch.Tensor:
     return (draws >= threshold).view(torch.uint8).to(torch.float32).mul_(1 / (1 - p))
 
 
-@dropout_scale.register_fake
-def _(shape: list[int], p: float) -> torch.Tensor:
+def _dropout_scale_fake(shape: list[int], p: float) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32)
+
+
+# An operator of its own, opaque to torch.compile: dynamo cannot trace ``random_``, and inductor's own CPU
+# draws (one Philox number per element, a boolean mask cast through a scalar loop) made the compiled
+# InfoCatVAE-MLP step half as fast as eager (experiments/results/bench.md). Tagged as seeded randomness:
+# two calls with the same arguments are two draws (compiled graphs would otherwise merge them into one).
+# The tags are a tuple: older torch spreads them into a list (a lone Tag raised TypeError at import there).
+# A torch whose custom_op takes no tags keeps nn.Dropout's own draws: an untagged op could be merged.
+SEEDED_CUSTOM_OPS = "tags" in inspect.signature(torch.library.custom_op).parameters
+if SEEDED_CUSTOM_OPS:
+    dropout_scale = torch.library.custom_op(
+        "infocatvae::dropout_scale", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+    )(_dropout_scale)
+    dropout_scale.register_fake(_dropout_scale_fake)
+else:
+    dropout_scale = _dropout_scale
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...] | list[int], p: float) -> torch.Tensor:

@@ -177,3 +177,14 @@ def test_authors_code_gru_decoder_reads_its_previous_output_row_as_a_grucell_loo
     assert dec.gru.input_size == 28
     with pytest.raises(ValueError, match="style must be one of"):
         GRUDecoder(latent_dim=20, hidden=16, output_dropout=0.0, style="authors")
+
+
+def test_the_dropout_operator_is_registered_as_seeded_randomness():
+    """``infocatvae::dropout_scale`` carries torch's nondeterministic_seeded tag (two calls are two draws under
+    torch.compile), given as a sequence, the form every torch with ``custom_op(tags=...)`` accepts."""
+    from infocatvae import nets
+
+    assert nets.SEEDED_CUSTOM_OPS, "premise: this torch's custom_op takes tags"
+    assert torch.Tag.nondeterministic_seeded in torch.ops.infocatvae.dropout_scale.default.tags
+    a, b = nets.dropout_scale([64, 64], 0.5), nets.dropout_scale([64, 64], 0.5)
+    assert not torch.equal(a, b)
