@@ -95,6 +95,16 @@ def trainer_plugins() -> list[Any]:
     return plugins
 
 
+def strategy_for(strategy: Any, model: L.LightningModule) -> Any:
+    """``trainer.strategy`` for ``model``: DDP finds the parameters a backward pass left unused (Lightning's
+    ``ddp*_find_unused_parameters_true``) for a model that optimises by hand, as the AAE does: each of its three
+    phases leaves some parameters out (the discriminators in reconstruction, the autoencoder in discrimination),
+    which DDP's plain reducer waits for ("Expected to have finished reduction in the prior iteration")."""
+    if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn", "ddp_fork") and not model.automatic_optimization:
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
+
+
 def check_strategy(cfg: DictConfig) -> None:
     """Lightning's ``ddp`` launcher re-runs the command line; inside a local multirun that would
     start a sweep in each process, so refuse it with advice instead."""
@@ -192,7 +202,16 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         # last.ckpt written after best-*.ckpt, so that it holds the best checkpoint's state of its own epoch
         callbacks = order_checkpoint_callbacks(callbacks)
         check_strategy(cfg)
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
+        strategy = strategy_for(cfg.trainer.get("strategy", "auto"), model)
+        if strategy != cfg.trainer.get("strategy", "auto"):
+            log.info(
+                "trainer.strategy=%s: %s optimises by hand, its phases leave parameters unused",
+                strategy,
+                type(model).__name__,
+            )
+        trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins(), strategy=strategy
+        )
         job.trainer = trainer
         if rank_zero_only.rank == 0:
             datamodule.prepare_data()  # missing or corrupt data files fail now (DataError)

@@ -80,14 +80,23 @@ def test_submitit_sweep_summary_failure_rerun_and_resume(tmp_path):
     assert json.loads(s5.read_text())["status"] == "completed"
 
 
-def test_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize(
+    "model", ["infocatvae", "aae"]
+)  # the AAE: three manual backward passes, each leaving parameters out
+def test_ddp_two_cpu_processes(tmp_path, model):
     run = tmp_path / "ddp"
     res = entry(
-        "infocatvae.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, f"hydra.run.dir={run}"
+        "infocatvae.train",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"model={model}",
+        *TINY,
+        f"hydra.run.dir={run}",
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "completed" and status["step"] == 3
+    assert status["status"] == "completed" and status["step"] == (9 if model == "aae" else 3)  # the AAE: 3 per batch
     # both processes ran, and report the same (synced) metrics
     logs = [run / "train.log", run / "train_ddp_process_1.log"]
     finished = [next(line for line in p.read_text().splitlines() if "Finished" in line) for p in logs]

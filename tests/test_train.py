@@ -18,7 +18,7 @@ from infocatvae.checkpoints import load_model
 from infocatvae.models import AAE, CatVAE, FreePriorCatVAE, InfoCatVAE
 from infocatvae.runs import read_status
 from infocatvae.train import slurm_hint, train
-from tests.helpers import DATA_DIR, IMAGES, MODELS, TINY, make_cfg
+from tests.helpers import DATA_DIR, IMAGES, MODELS, TINY, make_cfg, make_model
 
 CLASSES = dict(zip(MODELS, (CatVAE, InfoCatVAE, FreePriorCatVAE, AAE)))  # the class each conf/model option builds
 
@@ -196,3 +196,14 @@ def test_the_run_folder_is_named_by_what_changes_the_training_only():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["model.lam=4", *same], return_hydra_config=True)
     assert cfg.hydra.job.override_dirname == "model.lam=4"
+
+
+def test_ddp_finds_unused_parameters_for_a_model_that_optimises_by_hand(tmp_path):
+    """The AAE's phases each leave parameters out of their backward pass: under DDP it gets Lightning's
+    ``*_find_unused_parameters_true`` strategy; the models of one backward pass keep plain DDP."""
+    from infocatvae.train import strategy_for
+
+    aae, catvae = make_model("model=aae", tmp_path), make_model("model=catvae", tmp_path)
+    assert strategy_for("ddp", aae) == "ddp_find_unused_parameters_true"
+    assert strategy_for("ddp_spawn", aae) == "ddp_spawn_find_unused_parameters_true"
+    assert strategy_for("ddp", catvae) == "ddp" and strategy_for("auto", aae) == "auto"
