@@ -43,7 +43,12 @@ class FiniteLossGuard(L.Callback):
         names = [k for k, v in outputs.items() if torch.is_tensor(v)]
         if not names:  # a training_step that returned no tensor (manual optimisation may return None)
             return
-        if self.every == 1 and all(outputs[k].device.type == "cpu" and outputs[k].numel() == 1 for k in names):
+        single = getattr(trainer, "world_size", 1) == 1  # under DDP every check is collective: none skipped
+        if (
+            single
+            and self.every == 1
+            and all(outputs[k].device.type == "cpu" and outputs[k].numel() == 1 for k in names)
+        ):
             # checked every step on the CPU, where reading a scalar costs a microsecond: a good step has
             # nothing to record (stacking the terms and testing them as a tensor took 0.15 ms a step here)
             if all(math.isfinite(outputs[k].item()) for k in names):
@@ -73,16 +78,24 @@ class FiniteLossGuard(L.Callback):
             self.every = 1 if pl_module.device.type == "cpu" else 100
 
     def check(self, trainer) -> None:
-        if self._first is None:
+        """Raises if a bad step was recorded. Under DDP the processes decide together (one all-reduce: every
+        process checks at the same points), so that all of them stop: a process stopping alone would leave the
+        others waiting in their next collective until the process group's timeout."""
+        step, batch, term = self._first.tolist() if self._first is not None else (-1, -1, -1)
+        bad_here = step >= 0
+        bad = bad_here
+        if getattr(trainer, "world_size", 1) > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad_here, all=False)
+        if not bad:
             return
-        step, batch, term = self._first.tolist()
-        if step >= 0:
-            ckpt = last_ckpt(trainer.default_root_dir)
-            raise NonFiniteLossError(
-                f"loss term '{self._terms[term]}' became non-finite at epoch {trainer.current_epoch}, "
-                f"batch {batch} (optimiser step {step}); training stopped. "
-                f"The last good checkpoint, if any, is kept at {ckpt}."
-            )
+        ckpt = last_ckpt(trainer.default_root_dir)
+        where = (
+            f"loss term '{self._terms[term]}' became non-finite at epoch {trainer.current_epoch}, "
+            f"batch {batch} (optimiser step {step})"
+            if bad_here
+            else f"a loss term became non-finite in another process by epoch {trainer.current_epoch}"
+        )
+        raise NonFiniteLossError(f"{where}; training stopped. The last good checkpoint, if any, is kept at {ckpt}.")
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.check(trainer)

@@ -316,3 +316,33 @@ def test_finite_loss_guard_checks_before_any_checkpoint_is_written(tmp_path):
         guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, batch_idx)  # not read yet
     with pytest.raises(NonFiniteLossError, match=r"'loss' became non-finite at epoch 1, batch 1 \(optimiser step 2\)"):
         guard.on_save_checkpoint(trainer, None, {})
+
+
+def test_finite_loss_guard_decides_with_the_other_processes_under_ddp(tmp_path):
+    """Under DDP every process checks at the same steps and the processes decide together (one all-reduce, any
+    bad): a bad step on another process stops this one too, instead of leaving it waiting in its next collective."""
+    from types import SimpleNamespace
+
+    from infocatvae.callbacks import FiniteLossGuard, NonFiniteLossError
+
+    decisions: list[bool] = []
+    elsewhere = {"bad": False}
+
+    def reduce_boolean_decision(decision, all=True):
+        assert all is False  # any process's bad step counts
+        decisions.append(decision)
+        return decision or elsewhere["bad"]
+
+    strategy = SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision)
+    trainer = SimpleNamespace(
+        global_step=0, current_epoch=0, default_root_dir=str(tmp_path), world_size=2, strategy=strategy
+    )
+    guard = FiniteLossGuard(check_every_n_steps=None)
+    guard.on_train_start(trainer, SimpleNamespace(device=torch.device("cpu")))
+    for batch_idx in range(3):  # finite steps: checked (collectively) at every step on the CPU all the same
+        trainer.global_step = batch_idx + 1
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, batch_idx)
+    assert decisions == [False, False, False]
+    elsewhere["bad"] = True
+    with pytest.raises(NonFiniteLossError, match="became non-finite in another process by epoch 0"):
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)
