@@ -58,8 +58,8 @@ def run_name(experiment: str, args, variant: str = "") -> str:
     return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
 
 
-# what Hydra's override grammar reads as more than a plain string: a value holding one of these is quoted
-HYDRA_SPECIAL = re.compile(r"[=,\s'\"\[\]{}()\\:$*?]")
+# what Hydra's override grammar reads as a plain string, for certain: any other value is quoted
+HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+@%-]+")
 
 
 def path_override(key: str, path: str | Path) -> str:
@@ -67,7 +67,7 @@ def path_override(key: str, path: str | Path) -> str:
     multirun job's folder holds ``=`` and ``,``); as it is otherwise, so that the stored overrides of earlier
     evaluations still match."""
     text = str(path)
-    if not HYDRA_SPECIAL.search(text):
+    if HYDRA_PLAIN.fullmatch(text):
         return f"{key}={text}"
     # inside quotes Hydra reads a backslash as an escape only before a quote or the closing quote
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")

@@ -54,8 +54,11 @@ def main() -> None:
             f"{common.fmt(m.get('gen_distinct'), 0)} | {common.fmt(m['test_recon'], 2)} |"
         )
         body += [f"### {label}", "", f"![{exp}]({fig})", ""]
-        if max(m["category_usage"]) > 0.99:  # (a low NMI alone is also q(c|x) spread evenly, whatever the digit)
+        usage = m.get("category_usage")  # (a low NMI alone is also q(c|x) spread evenly, whatever the digit)
+        if usage is not None and max(usage) > 0.99:
             collapsed.append(label)
+        elif usage is None and m["nmi"] < 0.01:  # a reused evaluation from before category_usage: NMI only
+            collapsed.append(f"{label} (by NMI < 0.01: its evaluation has no category shares)")
     seconds = time.perf_counter() - start
     n_test = f"{m['n_test']:,}"  # the last run's (every run is evaluated with the same arguments)
     lines = [

@@ -123,10 +123,19 @@ class EpochSeed(L.Callback):
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def _reseed(self, trainer, batches_done: int = 0) -> None:
         epoch_seed = (self.seed * 100_003 + trainer.current_epoch) % 2**63
         # different ranks of a DDP job draw different noise, as they would without reseeding
-        torch.manual_seed(epoch_seed + 7919 * trainer.global_rank)
+        torch.manual_seed((epoch_seed + 7919 * trainer.global_rank + 1_000_033 * batches_done) % 2**63)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run resumed in the middle of an epoch skips that epoch's on_train_epoch_start: the rest of the epoch
+        # draws from (seed, epoch, batches done), per rank (correct, not the uninterrupted run's noise). At
+        # any other start on_train_epoch_start follows and reseeds from (seed, epoch).
+        self._reseed(trainer, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._reseed(trainer)
 
 
 class InterruptCheckpoint(L.Callback):
@@ -163,7 +172,11 @@ class InterruptCheckpoint(L.Callback):
             log.warning("Interrupted (%s) before training started: %s left as it was", name, self.path)
             return
         # a full checkpoint (optimiser states too), said explicitly: Lightning >= 2.6 logs a line otherwise
-        trainer.save_checkpoint(self.path, weights_only=False)
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        except NonFiniteLossError as err:  # the guard refused a state after a bad step: keep the last good one
+            log.warning("Interrupted (%s): %s not saved: %s", name, self.path, err)
+            return
         epoch, step = trainer.current_epoch, trainer.global_step
         log.warning("Interrupted (%s): saved %s at epoch %d, step %d", name, self.path, epoch, step)
 
@@ -171,7 +184,7 @@ class InterruptCheckpoint(L.Callback):
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` (``conf/callbacks/default.yaml``): Lightning's ModelCheckpoint, monitoring nothing, that also
     writes the run's final state when training ends after a step it did not save (with
-    ``every_n_train_steps`` instead of every epoch, or ``trainer.max_steps`` ending an epoch early):
+    ``every_n_train_steps`` instead of every epoch):
     ModelCheckpoint itself writes nothing when training ends but a ``save_last`` copy, which it makes only
     beside a checkpoint of its own, and last.ckpt here is that checkpoint."""
 

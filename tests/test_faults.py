@@ -346,3 +346,22 @@ def test_finite_loss_guard_decides_with_the_other_processes_under_ddp(tmp_path):
     elsewhere["bad"] = True
     with pytest.raises(NonFiniteLossError, match="became non-finite in another process by epoch 0"):
         guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)
+
+
+def test_an_interrupt_after_a_bad_step_keeps_the_last_good_checkpoint_and_lets_lightning_finish(tmp_path, caplog):
+    """A preemption after a NaN the guard has recorded but not read yet: the interrupt's save is refused by the
+    guard (``on_save_checkpoint``); the interrupt handler logs it and returns, so that Lightning's own interrupt
+    handling (loggers, teardown, the exit status of a SIGTERM) goes on instead of a crash inside it."""
+    from types import SimpleNamespace
+
+    from infocatvae.callbacks import InterruptCheckpoint, NonFiniteLossError
+
+    def save_checkpoint(path, weights_only=False):
+        raise NonFiniteLossError("loss term 'loss' became non-finite at epoch 0, batch 1 (optimiser step 2)")
+
+    trainer = SimpleNamespace(save_checkpoint=save_checkpoint, current_epoch=0, global_step=2)
+    interrupt = InterruptCheckpoint(str(tmp_path))
+    interrupt.on_train_start(trainer, None)
+    with caplog.at_level("WARNING", logger="infocatvae.callbacks"):
+        interrupt.on_exception(trainer, None, SystemExit("preempted"))
+    assert "not saved" in caplog.text and "non-finite" in caplog.text

@@ -185,6 +185,18 @@ def test_the_dropout_operator_is_registered_as_seeded_randomness():
     from infocatvae import nets
 
     assert nets.SEEDED_CUSTOM_OPS, "premise: this torch's custom_op takes tags"
+    # torch 2.14 also takes a lone Tag; the GPU image's 2.11 spread it into a list and raised at import: the call
+    # in nets.py must pass a tuple (read from its source, as no older torch is installed here)
+    import ast
+    import inspect
+
+    calls = [
+        node
+        for node in ast.walk(ast.parse(inspect.getsource(nets)))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.library.custom_op"
+    ]
+    tags = [kw.value for call in calls for kw in call.keywords if kw.arg == "tags"]
+    assert tags and all(isinstance(t, (ast.Tuple, ast.List)) for t in tags)
     assert torch.Tag.nondeterministic_seeded in torch.ops.infocatvae.dropout_scale.default.tags
     a, b = nets.dropout_scale([64, 64], 0.5), nets.dropout_scale([64, 64], 0.5)
     assert not torch.equal(a, b)

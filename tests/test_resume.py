@@ -333,21 +333,27 @@ def test_a_resume_from_a_mid_epoch_checkpoint_trains_the_rest_of_the_epoch(
         if batch_idx == stop_at["batch"]:
             raise error("stopped")  # inside the step, before its optimiser step
         seen[-1].append(int(batch[1].sum()))  # the batch's labels, as its fingerprint
+        seeds[-1].add(torch.initial_seed())  # what the epoch's noise was seeded with
         return original(self, batch, batch_idx)
 
+    seeds: list[set[int]] = []
     monkeypatch.setattr(BaseModel, "training_step", recording)
-    six = ["trainer.limit_train_batches=6", "trainer.limit_val_batches=0", *extra]
-    seen.append([])
+    six = ["trainer.limit_train_batches=6", "trainer.limit_val_batches=0", "seed=3", *extra]
+    seen.append([]), seeds.append(set())
     train_in_process(tmp_path / "whole", 1, *six)
     stop_at["batch"] = stop
-    seen.append([])
+    seen.append([]), seeds.append(set())
     with pytest.raises(error):
         train_in_process(tmp_path / "split", 1, *six)
     assert ckpt(tmp_path / "split" / "checkpoints" / "last.ckpt")["global_step"] == saved_step
     stop_at["batch"] = None
-    seen.append([])
+    seen.append([]), seeds.append(set())
     status = train_in_process(tmp_path / "split", 1, *six)
     assert status["status"] == "completed" and status["step"] == 6
     whole, before, after = seen
     assert len(set(whole)) == 6, "premise: the six batches differ"
     assert before == whole[:stop] and after == whole[saved_step:]
+    # the epoch's noise: from (seed 3, epoch 0); after the resume, which skips on_train_epoch_start, from
+    # (seed, epoch, batches done), not seed_everything's 3 for the rest of the epoch
+    assert seeds[0] == seeds[1] == {3 * 100_003}
+    assert seeds[2] == {3 * 100_003 + 1_000_033 * saved_step}

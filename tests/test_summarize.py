@@ -164,11 +164,11 @@ def test_an_evaluation_folder_inside_a_job_is_not_a_job(seeds_sweep, capsys):
         ("val/kl_cat", True),
         ("val/info", True),  # a cross-entropy
         ("val/marginal", True),  # a KL
-        ("val/gen", True),  # the AAE's adversarial losses
+        ("val/gen", True),  # the AAE's adversarial loss
         ("val/cluster_acc", False),
         ("val/nmi", False),
         ("test/usage_perplexity", False),
-        ("val/disc_acc", False),
+        ("val/disc_acc", True),  # the AAE's discriminator accuracy: lower is the encoder fooling it
     ],
 )
 def test_sort_puts_small_losses_and_large_scores_first_by_default(metric, best_first):
