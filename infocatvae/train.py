@@ -226,15 +226,18 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
-        if not trainer.callback_metrics:
+        trained = bool(trainer.callback_metrics)
+        if not trained and not (status.get("status") == "completed" and completed):
             # fit had nothing left to train (its checkpoint is at max_epochs already: a job killed after its last
-            # epoch, or run again to add test=true): the final weights' validation metrics, not none
+            # epoch): the final weights' validation metrics, not none
             trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {
             k.removesuffix("_epoch"): float(v)
             for k, v in trainer.callback_metrics.items()
             if v.numel() == 1 and not k.endswith("_step")
         }
+        if not trained and not metrics:  # a finished job run again (to add test=true): its recorded metrics
+            metrics = dict(completed)
         if cfg.get("test"):
             for k, v in trainer.test(model, datamodule=datamodule)[0].items():
                 metrics[k] = float(v)

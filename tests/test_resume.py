@@ -274,6 +274,8 @@ def test_a_job_with_nothing_left_to_train_records_its_validation_and_runs_test_w
     again = train_in_process(tmp_path, 1, "test=true")
     assert again["status"] == "completed" and again["step"] == 3, "an epoch was trained again"
     assert {"val/loss", "test/loss", "test/cluster_acc"} <= set(again["metrics"])
+    # the training's own records kept, the test scores added
+    assert {k: v for k, v in again["metrics"].items() if not k.startswith("test/")} == first["metrics"]
     # a job killed after writing its last epoch's checkpoint: status.json still says running
     status = json.loads((tmp_path / "status.json").read_text())
     (tmp_path / "status.json").write_text(json.dumps({**status, "status": "running", "metrics": {}}))
