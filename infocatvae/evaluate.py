@@ -110,19 +110,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     results.update(metrics.test_metrics(model, x_test, y_test, cfg.batch_size))
     # Each draw of generated samples starts from the seed, as if its metric ran alone: the categories from a
-    # generator of its own, z from the global generator reseeded inside fork_rng (restored after). So the
+    # generator of its own, z from the global generator reseeded (metrics.seeded, restored after). So the
     # samples of the densities do not depend on whether the info metrics ran, nor on n_test (the test pass
     # above draws reparameterisation noise from the global generator).
-    forked = lambda: torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])  # noqa: E731
     if cfg.info.enabled and model.K > 1:
         view = lambda x: dm.as_view(x).to(device)  # noqa: E731
-        with forked():
-            torch.manual_seed(cfg.seed)
+        with metrics.seeded(cfg.seed, device):
             gen = torch.Generator().manual_seed(cfg.seed)
             results.update(metrics.info_metrics(model, cfg.info.n_samples, cfg.batch_size, view, gen))
     if cfg.kde.enabled or cfg.parzen.enabled:
-        with forked():
-            torch.manual_seed(cfg.seed)
+        with metrics.seeded(cfg.seed, device):
             gen = torch.Generator().manual_seed(cfg.seed)
             _, x_gen = metrics.generate(model, cfg.n_generated, cfg.batch_size, gen)
         x_gen = x_gen.cpu()

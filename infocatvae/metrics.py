@@ -5,6 +5,8 @@ test reconstruction and ELBO. The kernel density estimates of Table 1 and of the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,15 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global generators (the CPU's, and ``device``'s on CUDA) seeded with ``seed`` inside, restored after: a
+    draw that depends on nothing drawn before it, and changes nothing drawn after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def cluster_acc(true: np.ndarray, pred: np.ndarray, K: int | None = None) -> tuple[float, str]:

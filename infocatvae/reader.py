@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infocatvae.data import ensure_dataset, load_split
+from infocatvae.metrics import seeded
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +118,13 @@ def cache_path(cache_dir: str | Path, dataset: str, settings: ReaderSettings) ->
     return Path(cache_dir) / f"reader_{dataset}_v{READER_VERSION}_{digest}.pt"
 
 
-def _device_rngs(device: torch.device) -> list:
-    return [device] if device.type == "cuda" else []
-
-
 def train_reader(
     images: torch.Tensor, labels: torch.Tensor, settings: ReaderSettings, device: str | torch.device = "cpu"
 ) -> ReaderCNN:
     """Adam on cross-entropy over ``images`` (uint8 (N, 28, 28) or floats in [0, 1]), its learning rate
     decayed linearly to 0, seeded by ``settings.seed``; torch's global random state is left as it was."""
     device = torch.device(device)
-    with torch.random.fork_rng(devices=_device_rngs(device)), torch.enable_grad():
-        torch.manual_seed(settings.seed)
+    with seeded(settings.seed, device), torch.enable_grad():
         net = ReaderCNN(settings.width, settings.hidden).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
         steps = settings.epochs * -(-len(images) // settings.batch_size)
@@ -278,8 +274,7 @@ def reader_metrics(
             dataset,
             target,
         )
-    with torch.random.fork_rng(devices=_device_rngs(model.device)):
-        torch.manual_seed(seed)
+    with seeded(seed, model.device):
         out = read_samples(r.net, model, reader_cfg["n_per_category"], batch_size)
     return {
         **out,

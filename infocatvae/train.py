@@ -202,8 +202,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         # last.ckpt written after best-*.ckpt, so that it holds the best checkpoint's state of its own epoch
         callbacks = order_checkpoint_callbacks(callbacks)
         check_strategy(cfg)
-        strategy = strategy_for(cfg.trainer.get("strategy", "auto"), model)
-        if strategy != cfg.trainer.get("strategy", "auto"):
+        configured = cfg.trainer.get("strategy", "auto")
+        strategy = strategy_for(configured, model)
+        if strategy != configured:
             log.info(
                 "trainer.strategy=%s: %s optimises by hand, its phases leave parameters unused",
                 strategy,
@@ -226,17 +227,18 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt
+        # fit had nothing left to train when it logged nothing (its checkpoint was at max_epochs already): a job
+        # killed after its last epoch validates its final weights; a finished job run again to add test=true
+        # keeps the metrics it recorded
         trained = bool(trainer.callback_metrics)
         if not trained and not (status.get("status") == "completed" and completed):
-            # fit had nothing left to train (its checkpoint is at max_epochs already: a job killed after its last
-            # epoch): the final weights' validation metrics, not none
             trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {
             k.removesuffix("_epoch"): float(v)
             for k, v in trainer.callback_metrics.items()
             if v.numel() == 1 and not k.endswith("_step")
         }
-        if not trained and not metrics:  # a finished job run again (to add test=true): its recorded metrics
+        if not trained and not metrics:
             metrics = dict(completed)
         if cfg.get("test"):
             for k, v in trainer.test(model, datamodule=datamodule)[0].items():
