@@ -65,7 +65,7 @@ class AAE(BaseModel):
     @staticmethod
     def _probs(logits: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         """The category probabilities y (B, K) of ``logits``; all ones (B, 1) when K = 1."""
-        return logits.softmax(-1) if logits is not None else z.new_ones(len(z), 1)
+        return logits.float().softmax(-1) if logits is not None else z.new_ones(len(z), 1)  # float32 as catvae's
 
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The category probabilities y (B, K) (all ones when K = 1) and the code z (B, d)."""

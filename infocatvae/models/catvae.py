@@ -83,7 +83,7 @@ class CatVAE(BaseModel):
 
     def encode(self, x: torch.Tensor) -> Encoding:
         _, logits, mu, logvar = self._encode(x)
-        return Encoding(logits.softmax(-1), mu, logvar)
+        return Encoding(logits.float().softmax(-1), mu, logvar)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of q(z|x, c*) for the most likely category c*: a (B, d) code."""
@@ -114,7 +114,9 @@ class CatVAE(BaseModel):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``per_sample_terms`` and the logits of q(c|x) they came from."""
         h, logits, mu, logvar = self._encode(x)
-        q_c = logits.softmax(-1)
+        # float32: CPU autocast leaves softmax in bf16 (CUDA's does not), whose backward of sum_c q_c · recon_c
+        # (recon_c ~ 200 nats, bf16's spacing 1 there) rounds away the differences between the categories
+        q_c = logits.float().softmax(-1)
         x_flat = x.flatten(1)
         if (recon or self.hparams.recon) == "marginal":
             logits_x = self.decode_logits(self.reparameterise(mu, logvar))  # [B, K, 784]: one batched call
