@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import hydra.utils
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -59,3 +60,14 @@ def run_entry(module: str, *args: str, timeout: float) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=REPO
     )
+
+
+def skip_without_cpp_compiler() -> None:
+    """Skips the calling test where ``torch.compile`` cannot build CPU kernels: inductor compiles them with a C++
+    compiler at run time."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as err:
+        pytest.skip(f"torch.compile cannot build CPU kernels here (no C++ compiler): {err}")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import hydra.utils
 import pytest
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -31,21 +30,13 @@ HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 
 
-@pytest.fixture
-def keep_torch_flags():
-    """Instantiating a Trainer with deterministic=true (trainer=cpu) sets a process-wide torch flag."""
-    before = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
 def trainer_of(cfg):
     callbacks = instantiate_all(cfg.callbacks)
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False)
 
 
 # ---- debug configs --------------------------------------------------------------------------------
-def test_debug_tiny_is_one_epoch_of_a_few_batches_on_the_cpu_quietly(tmp_path, keep_torch_flags):
+def test_debug_tiny_is_one_epoch_of_a_few_batches_on_the_cpu_quietly(tmp_path):
     cfg = make_cfg(["debug=tiny"], tmp_path)
     assert cfg.task_name == "debug" and (cfg.data.batch_size, cfg.data.eval_batch_size) == (64, 256)
     trainer = trainer_of(cfg)
@@ -67,7 +58,7 @@ def test_debug_wins_over_an_experiment(tmp_path):
 
 
 @pytest.mark.parametrize("debug", ["fdr", "overfit", "profiler"])
-def test_debug_configs_set_what_they_promise_in_a_fresh_folder(debug, tmp_path, keep_torch_flags):
+def test_debug_configs_set_what_they_promise_in_a_fresh_folder(debug, tmp_path):
     cfg = make_cfg([f"debug={debug}"], tmp_path)
     trainer = trainer_of(cfg)
     if debug == "fdr":

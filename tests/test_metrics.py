@@ -175,6 +175,81 @@ def test_kfold_indices_partition():
         kde.kfold_indices(3, 5)
 
 
+def plain_kde(fit: torch.Tensor, samples: torch.Tensor, h: float) -> torch.Tensor:
+    """Per-sample Gaussian-KDE log-densities, one sample at a time in float64: the log-mean-exp of the kernels
+    minus the normaliser (D/2) log(2π h²)."""
+    fit, samples = fit.double(), samples.double()
+    d2 = torch.stack([(fit - y).square().sum(1) for y in samples])
+    return torch.logsumexp(-d2 / (2 * h * h), 1) - np.log(len(fit)) - fit.shape[1] / 2 * np.log(2 * np.pi * h * h)
+
+
+def test_table1_protocol_scores_the_samples_under_a_kde_of_the_training_images(data_dir):
+    """``kde_ll``: the mean log-density of the generated samples (here: real test images) under a Gaussian KDE
+    fitted on the training images, at the bandwidth of best cross-validated log-density over them; the CV
+    scores, the choice and the standard error against the plain KDE above."""
+    train = load_split(data_dir, "mnist", train=True)[0][:450].reshape(450, -1).double() / 255
+    samples = load_split(data_dir, "mnist", train=False)[0][:40].reshape(40, -1).double() / 255
+    grid, folds = [0.1, 0.2, 0.4], 3
+    out = kde.table1_protocol(
+        train,
+        samples,
+        bandwidths=grid,
+        folds=folds,
+        fit_size=None,
+        seed=0,
+        chunk_size=16,
+        cache_dir=None,
+        dataset="mnist",
+        device="cpu",
+    )
+    # k-fold CV over the training images: each fold scored under a KDE of the others, the mean over all images
+    cv = {}
+    for h in grid:
+        held_ll = []
+        for held in kde.kfold_indices(len(train), folds, seed=0):
+            rest = torch.ones(len(train), dtype=torch.bool)
+            rest[held] = False
+            held_ll.append(plain_kde(train[rest], train[held], h))
+        cv[h] = float(torch.cat(held_ll).mean())
+    assert out["kde_cv_scores"].keys() == {str(h) for h in grid}
+    for h in grid:
+        assert out["kde_cv_scores"][str(h)] == pytest.approx(cv[h], rel=1e-9), h
+    best = max(cv, key=cv.get)
+    assert out["kde_bandwidth"] == best and not out["kde_bandwidth_at_edge"]  # premise: a choice inside the grid
+    ref = plain_kde(train, samples, best)
+    assert out["kde_ll"] == pytest.approx(float(ref.mean()), rel=1e-9)
+    assert out["kde_ll_sem"] == pytest.approx(float(ref.std() / np.sqrt(len(ref))), rel=1e-9)
+    # the other bandwidths would give other values: the comparison above tells them apart
+    assert all(abs(float(plain_kde(train, samples, h).mean()) - out["kde_ll"]) > 1 for h in grid if h != best)
+    assert (out["kde_fit_size"], out["kde_folds"], out["kde_cv_cached"]) == (len(train), folds, False)
+
+
+def test_kde_bandwidth_search_is_cached_by_its_settings(mnist_slice, tmp_path, monkeypatch):
+    """``cv_bandwidth_cached`` keeps the search in its cache folder: the same settings read it back (no search), a
+    change of any setting it is keyed by (folds, seed, grid, data set, fit size) searches again."""
+    searched = []
+    select = kde.select_bandwidth
+    monkeypatch.setattr(kde, "select_bandwidth", lambda *a, **k: searched.append(1) or select(*a, **k))
+    fit, grid = mnist_slice[:240], [0.1, 0.2, 0.4]
+    settings = {"grid": grid, "folds": 3, "seed": 0, "dataset": "mnist"}
+    cache = tmp_path / "cache"
+
+    def search(fit=fit, **changed):
+        return kde.cv_bandwidth_cached(fit, chunk_size=64, device="cpu", cache_dir=cache, **{**settings, **changed})
+
+    best, scores, cached = search()
+    assert not cached and len(searched) == 1 and len(list(cache.iterdir())) == 1
+    assert (best, scores) == select(fit, grid, folds=3, seed=0, chunk_size=64)
+    assert search() == (best, scores, True) and len(searched) == 1  # read back, not searched
+    for changed in ({"folds": 4}, {"seed": 1}, {"grid": [0.1, 0.2]}, {"dataset": "fashion_mnist"}, {"fit": fit[:200]}):
+        n = len(searched)
+        other = search(**changed)
+        assert not other[2] and len(searched) == n + 1, changed  # a miss: searched for these settings
+        assert search(**changed) == (*other[:2], True), changed  # and kept beside the first
+    assert search(folds=4)[:2] == select(fit, grid, folds=4, seed=0, chunk_size=64)
+    assert search() == (best, scores, True)
+
+
 # ---- clustering -----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from infocatvae.nets import CategoricalHeads, Dropout
+from tests.helpers import skip_without_cpp_compiler
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.3, 0.5])  # 0.25 and 0.5 read bytes, 0.1 and 0.3 32-bit words
@@ -68,6 +69,7 @@ def test_cpu_dropout_under_torch_compile_draws_eagers_masks_in_one_graph():
     """Under ``torch.compile`` the mask comes from the same operator and generator as in eager code: one graph,
     no break, the eager outputs bit for bit; and two draws of one shape stay two draws in a graph with
     gradients (an untagged operator was merged into one there: every such layer shared one mask)."""
+    skip_without_cpp_compiler()
     torch._dynamo.reset()
     drop = Dropout(0.25).train()
     w = torch.rand(784, 784, requires_grad=True)

@@ -4,7 +4,6 @@ cache, and its three metrics on inputs whose answer is known. The reader is trai
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -68,9 +67,8 @@ def test_the_cache_is_reused_not_retrained(mnist_reader, reader_cache, data_dir,
         raise AssertionError("the reader was trained again")
 
     monkeypatch.setattr(R, "train_reader", no_training)
-    t0 = time.perf_counter()
     again = R.load_or_train(data_dir, "mnist", SETTINGS, cache_dir=reader_cache)
-    assert again.cached and again.path == mnist_reader.path and time.perf_counter() - t0 < 5
+    assert again.cached and again.path == mnist_reader.path
     assert again.test_acc == mnist_reader.test_acc and mnist_reader.path.stat().st_mtime_ns == mtime
     for (k, a), b in zip(mnist_reader.net.state_dict().items(), again.net.state_dict().values()):
         assert torch.equal(a, b), k

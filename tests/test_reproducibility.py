@@ -1,6 +1,6 @@
-"""Reproducibility on the CPU: the same seed and config give the same loss curve, and a run
-stopped at an epoch boundary and resumed from last.ckpt ends with the same weights as an
-uninterrupted run of the same length. Runs ``train()`` in this process on real MNIST."""
+"""Reproducibility on the CPU: the same seed and config give the same loss curve, another seed another one.
+Runs ``train()`` in this process on real MNIST. That a run stopped at an epoch boundary and resumed from
+last.ckpt ends with the weights of an uninterrupted run: tests/test_resume.py."""
 
 from __future__ import annotations
 
@@ -39,13 +39,9 @@ def loss_curve(out: Path) -> list[float]:
     return [e.value for e in acc.Scalars("train/loss_step")]
 
 
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-
-
-def test_same_seed_same_curve_and_resume_matches_uninterrupted(tmp_path):
+def test_same_seed_same_curve_another_seed_another_curve(tmp_path):
     torch.use_deterministic_algorithms(False)
-    a, b, c, d = (tmp_path / n for n in "abcd")
+    a, b, c = (tmp_path / n for n in "abc")
     run(a, epochs=2)
     run(b, epochs=2)
     curve_a, curve_b = loss_curve(a), loss_curve(b)
@@ -53,18 +49,5 @@ def test_same_seed_same_curve_and_resume_matches_uninterrupted(tmp_path):
     assert curve_a == curve_b, "the same seed and config gave different loss curves"
 
     # another seed gives another curve (the comparison above can fail)
-    run(d, epochs=1, seed=1)
-    assert loss_curve(d)[:3] != curve_a[:3]
-
-    # stop at the epoch boundary, then the same run continued to 2 epochs resumes from last.ckpt
-    run(c, epochs=1)
-    assert (c / "checkpoints" / "last.ckpt").is_file()
-    run(c, epochs=2)
-    status = (c / "status.json").read_text()
-    assert "last.ckpt" in status  # resumed_from
-    wa, wc = weights(a), weights(c)
-    assert wa.keys() == wc.keys()
-    for k in wa:
-        assert torch.allclose(wa[k], wc[k], rtol=0, atol=1e-6), f"{k} differs after resume"
-    # the resumed run's second epoch drew the same noise and batches as the uninterrupted run's
-    assert loss_curve(c)[-3:] == pytest.approx(curve_a[-3:], rel=1e-6)
+    run(c, epochs=1, seed=1)
+    assert loss_curve(c)[:3] != curve_a[:3]

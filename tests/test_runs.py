@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from infocatvae import runs
 from infocatvae.runs import RunFolderBusy, RunLock
-from tests.helpers import REPO, TINY, cli_env, run_entry
+from tests.helpers import REPO, TINY, cli_env, make_cfg, run_entry
 
 pytestmark = pytest.mark.usefixtures("data_dir")  # real MNIST (the one policy: conftest.py)
 
@@ -34,6 +36,36 @@ def wait_running(run: Path, proc: subprocess.Popen, deadline_s: float = 120) -> 
     while not (run / "status.json").is_file() or json.loads((run / "status.json").read_text())["status"] != "running":
         assert proc.poll() is None and time.monotonic() < end, "the first job never started training"
         time.sleep(0.05)
+
+
+def test_a_disk_without_room_for_checkpoints_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """With less than ``MIN_FREE_BYTES`` free on the run folder's disk (``shutil.disk_usage`` of that folder, as
+    runs.py reads it), ``train()`` stops at once, saying what is free and what is needed, and leaves the folder
+    empty; with exactly that much it goes on. In-process, without the tmpfs (root) that tests/test_faults.py's
+    end-to-end check needs."""
+    from infocatvae.train import train
+
+    free, asked, usage = {}, [], shutil.disk_usage(tmp_path)
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        return usage._replace(free=free["bytes"])
+
+    monkeypatch.setattr(runs.shutil, "disk_usage", disk_usage)
+    run = tmp_path / "run"
+    free["bytes"] = 50 * 2**20
+    needed = runs.MIN_FREE_BYTES // 2**20
+    with pytest.raises(RuntimeError) as refused:
+        train(make_cfg(TINY, run))
+    assert str(refused.value) == (
+        f"the disk holding {run} has 50 MiB free; at least {needed} MiB are needed for checkpoints and logs"
+    )
+    assert asked == [run] and list(run.iterdir()) == []  # no status.json, lock or checkpoint
+    free["bytes"] = runs.MIN_FREE_BYTES - 1
+    with pytest.raises(RuntimeError, match="MiB free"):
+        runs.check_output_dir(run)
+    free["bytes"] = runs.MIN_FREE_BYTES
+    runs.check_output_dir(run)  # enough: no error
 
 
 def test_lock_names_the_holder_and_is_released(tmp_path):

@@ -163,15 +163,11 @@ def test_compiled_losses_equal_eager(model, tmp_path):
     both; inductor's ``fallback_random`` for the reparameterisation, the info term's categories and the AAE's
     prior draws: torch's generator, as eager)."""
     import torch._inductor.config as inductor_config
-    from torch._inductor.cpp_builder import get_cpp_compiler
 
     from infocatvae.data import load_split
-    from tests.helpers import DATA_DIR
+    from tests.helpers import DATA_DIR, skip_without_cpp_compiler
 
-    try:
-        get_cpp_compiler()
-    except Exception as err:  # inductor's CPU kernels are C++ compiled at run time
-        pytest.skip(f"torch.compile cannot build CPU kernels here (no C++ compiler): {err}")
+    skip_without_cpp_compiler()
     x = load_split(DATA_DIR, "mnist", train=False)[0][:64].float().div(255)
     m = hydra.utils.instantiate(make_cfg(model.split(), tmp_path).model)
     m.train()
@@ -330,7 +326,8 @@ def test_the_bench_times_lightnings_floor_in_a_barebones_trainer(tmp_path):
     assert trainer.barebones and trainer.loggers == []
     assert [type(cb).__name__ for cb in trainer.callbacks] == ["EpochTimer"]
     assert trainer.global_step == 2 * 3 * 3  # two epochs (warm-up and one round) of 3 batches, 3 optimiser steps each
-    assert res["light"] > 0 and res["bare"] > 0 and res["ratio"] > 0
+    # one round: the median of its ratios is Lightning's throughput over the bare loop's (not the other way)
+    assert res["ratio"] == pytest.approx(res["light"] / res["bare"])
 
 
 def test_the_bench_compiles_first_so_that_its_first_compile_is_cold(monkeypatch, capsys):

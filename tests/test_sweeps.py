@@ -128,11 +128,13 @@ def test_optuna_sweeper_maximises_cluster_accuracy(tmp_path):
     assert best["best_value"] == pytest.approx(max(t["metrics"]["val/cluster_acc"] for t in trials))
 
 
-def test_local_launcher_job_limit_and_rolling_window():
+def test_local_launcher_job_limit_and_rolling_window(monkeypatch):
     """hydra/launcher=local's limit: cores // cpus_per_task unless max_jobs is set, and never more than that many
-    jobs unfinished at once, the next starting as soon as one ends."""
-    import time
+    jobs unfinished at once, the next starting as soon as one ends. The jobs end after a number of the launcher's
+    polls, not of seconds, and its sleeps are recorded, not slept: the order of events is the same on any machine."""
+    import types
 
+    from hydra_plugins.infocatvae_launcher import local_launcher
     from hydra_plugins.infocatvae_launcher.local_launcher import job_limit, run_throttled
 
     assert job_limit(None, 1, cores=2) == 2
@@ -144,25 +146,46 @@ def test_local_launcher_job_limit_and_rolling_window():
         with pytest.raises(ValueError, match="max_jobs"):
             job_limit(bad, 1, cores=2)
 
-    class Job:
-        def __init__(self, seconds: float) -> None:
-            self.end = time.monotonic() + seconds
+    events: list[tuple] = []  # ("start", i), ("end", i): the poll at which job i was first seen done, ("sleep",)
+    monkeypatch.setattr(local_launcher, "time", types.SimpleNamespace(sleep=lambda s: events.append(("sleep",))))
 
-        def done(self) -> bool:
-            return time.monotonic() >= self.end
+    class Job:
+        def __init__(self, i: int, polls: int) -> None:
+            self.i, self.polls_left = i, polls
+
+        @property
+        def finished(self) -> bool:
+            return self.polls_left == 0
+
+        def done(self) -> bool:  # one poll of the launcher
+            if self.polls_left:
+                self.polls_left -= 1
+                if self.finished:
+                    events.append(("end", self.i))
+            return self.finished
 
     submitted: list[Job] = []
     unfinished_at_submit = []
 
-    def submit(i: int, seconds: float) -> Job:
-        unfinished_at_submit.append(sum(not j.done() for j in submitted))
-        submitted.append(Job(seconds))
+    def submit(i: int, polls: int) -> Job:
+        unfinished_at_submit.append(sum(not j.finished for j in submitted))
+        events.append(("start", i))
+        submitted.append(Job(i, polls))
         return submitted[-1]
 
-    jobs = run_throttled(submit, [(i, 0.1 * (1 + i % 3)) for i in range(7)], limit=2, poll_s=0.005)
-    assert jobs == submitted and all(j.done() for j in jobs)
+    # jobs of 1, 2 and 3 polls: the two running at once never end in the same poll
+    jobs = run_throttled(submit, [(i, 1 + i % 3) for i in range(7)], limit=2, poll_s=0.005)
+    assert jobs == submitted and all(j.finished for j in jobs)  # returned once every job was done
+    assert [e[1] for e in events if e[0] == "start"] == list(range(7))  # in order
     assert max(unfinished_at_submit) == 1  # a third job never started while two ran
-    assert unfinished_at_submit[1] == 1  # the second started beside the first, without waiting for it
+    assert events[:2] == [("start", 0), ("start", 1)]  # the second started beside the first, without waiting
+    for i in range(2, 7):
+        # the next job starts in the poll in which one ends: the first end since the job before it started,
+        # with no sleep between them
+        since = events[events.index(("start", i - 1)) + 1 : events.index(("start", i))]
+        ends = [k for k, e in enumerate(since) if e[0] == "end"]
+        assert ends and ("sleep",) not in since[ends[0] :], (i, since)
+    assert events[-1][0] == "end"  # and returns at the last job's end, with no sleep after it
 
 
 def test_local_sweep_runs_at_most_max_jobs_at_once(tmp_path):

@@ -147,7 +147,7 @@ def test_test_true_scores_the_test_images_like_validation(tmp_path):
     assert status["status"] == "completed" and status["metrics"]["test/cluster_acc"] == metrics["test/cluster_acc"]
 
 
-# Each field's message is checked in-process (tests/test_models.py) and each kind of bad value
+# Each field's message is checked in-process (tests/test_validation.py) and each kind of bad value
 # through the CLI (tests/test_faults.py); here, one full message as the CLI prints it.
 @pytest.mark.parametrize(
     "override,message",
