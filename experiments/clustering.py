@@ -1,13 +1,14 @@
 """Unsupervised clustering (issue 14): every model of the framework and every clustering preset trained with
 the same protocol (same epochs, the same seeds), scored on the 10K test images (``test=true``: cluster
 accuracy, NMI, ARI of argmax q(c|x); Hungarian mapping when K = 10, majority vote when K > 10), written as
-mean ± standard deviation over seeds to experiments/results/clustering.md beside the published anchors,
+mean ± standard deviation over seeds to experiments/results/clustering_e10.md beside the published anchors,
 with the class-conditional samples of the preset's best seed (chosen on validation cluster accuracy).
 
     python experiments/clustering.py --epochs 10 --seeds 0 1 2
     python experiments/clustering.py --epochs 10 --seeds 0 1 2 --rows clustering_mnist aae_clustering_k16
 
-A run found completed is reused (its folder is <log-dir>/experiments/clustering/<row>_e<epochs>/seed<S>);
+A run found completed is reused (its folder is
+<log-dir>/experiments/clustering/<row>[_<trainer>]_e<epochs>[_b<batches>]/seed<S>);
 an interrupted one resumes from its last.ckpt, as any run of the framework.
 """
 
@@ -74,17 +75,26 @@ def parse_args():
     return p.parse_args()
 
 
+def row_folder(row: str, args) -> str:
+    """``<row>[_<trainer>]_e<epochs>[_b<batches>]``: runs of other lengths or trainers are other runs."""
+    return common.run_name(row, args, args.trainer or "")
+
+
 def train(row: str, seed: int, args) -> tuple[Path, dict, float | None]:
     """Train (or reuse) one seed of a row with test=true; returns its folder, final metrics and wall seconds."""
-    run_dir = Path(args.log_dir) / "experiments" / "clustering" / f"{row}_e{args.epochs}" / f"seed{seed}"
+    run_dir = Path(args.log_dir) / "experiments" / "clustering" / row_folder(row, args) / f"seed{seed}"
     timing = run_dir / "clustering_wall_s.json"
     overrides = [*ROWS[row][1], f"seed={seed}", "test=true", *([f"trainer={args.trainer}"] if args.trainer else [])]
     cmd = common.train_command(run_dir, overrides, args)
-    if read_status(run_dir).get("status") != "completed":
+    status = read_status(run_dir)
+    # a completed run without test scores (trained without test=true) is run again: the framework then scores
+    # the test set without training
+    if status.get("status") != "completed" or "test/cluster_acc" not in status.get("metrics", {}):
         print("$", " ".join(cmd), flush=True)
         start = time.perf_counter()
         subprocess.run(cmd, cwd=common.ROOT, check=True)
-        timing.write_text(json.dumps(time.perf_counter() - start))
+        if status.get("status") != "completed":  # (not when it only scored the test set)
+            timing.write_text(json.dumps(time.perf_counter() - start))
     seconds = json.loads(timing.read_text()) if timing.is_file() else None
     return run_dir, read_status(run_dir)["metrics"], seconds
 
@@ -117,13 +127,8 @@ def main() -> None:
         if row == SAMPLES_ROW:
             best = max(results, key=lambda r: r[1]["val/cluster_acc"])
             m, out = common.evaluate(best[0], "clustering", ["kde.enabled=false", "parzen.enabled=false"], args)
-            figs.append(
-                (
-                    best[0].name,
-                    common.copy_figure(out / "samples.png", "clustering_mnist_samples.png"),
-                    m,
-                )
-            )
+            fig = common.copy_figure(out / "samples.png", common.result_name(SAMPLES_ROW, args, "_samples.png"))
+            figs.append((best[0].name, fig, m))
     seconds = time.perf_counter() - start
     lines = [
         "# Unsupervised clustering (MNIST, K = 10 unless stated; no pretraining, no augmentation, no labels)",
@@ -170,10 +175,10 @@ def main() -> None:
         f"- hardware: {common.hardware()}",
         f"- training time of the runs (each trained once, one after another): {sum(all_walls) / 60:.0f} min in all; "
         f"this command: {seconds / 60:.1f} min (it reuses the runs it finds completed and up-to-date evaluations)",
-        f"- runs: `<row>_e{args.epochs}/seed<S>` under `{args.log_dir}/experiments/clustering/`",
+        f"- runs: `{row_folder('<row>', args)}/seed<S>` under `{args.log_dir}/experiments/clustering/`",
         f"- command: `python {' '.join(sys.argv)}`",
     ]
-    common.write("clustering", lines)
+    common.write(common.result_name("clustering", args), lines)
 
 
 def goal_lines(acc: list[float] | None) -> list[str]:

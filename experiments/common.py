@@ -3,7 +3,8 @@
 Every script trains with ``python -m infocatvae.train experiment=<name> trainer.max_epochs=<epochs>``
 into ``logs/experiments/<name>_e<epochs>`` (a finished run is reused, so scripts that need the same
 model share one run), evaluates its ``last.ckpt`` with ``python -m infocatvae.evaluate`` and writes
-``experiments/results/<result>.md`` with the measured numbers beside the paper's, and its PNGs.
+``experiments/results/<result>_e<epochs>.md`` with the measured numbers beside the paper's, and its PNGs
+(``result_name``: the training length in every name, so that runs of other lengths never overwrite them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         default=None,
         help="batches per epoch (default: all); only to shorten CPU runs",
     )
-    p.add_argument("--log-dir", default=str(ROOT / "logs"), help="where training and evaluation runs go")
+    p.add_argument("--log-dir", type=absolute, default=str(ROOT / "logs"), help="where training and evaluation runs go")
     p.add_argument(
         "--eval",
         nargs="*",
@@ -52,10 +53,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def absolute(path: str) -> str:
+    """``--log-dir`` as an absolute path: the script reads the runs from its own working folder, while the
+    training and evaluation it starts run in the repository root."""
+    return str(Path(path).expanduser().resolve())
+
+
+def result_name(stem: str, args, tail: str = "") -> str:
+    """``<stem>_e<epochs>[_b<batches>]<tail>``: a run's folder or a results file names the training length, so
+    that a script run for another length writes beside the recorded results, not over them."""
+    name = f"{stem}_e{args.epochs}"
+    return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "") + tail
+
+
 def run_name(experiment: str, args, variant: str = "") -> str:
     """``<experiment>[_<variant>]_e<epochs>[_b<batches>]``: a variant names a run trained with extra overrides."""
-    name = f"{experiment}{'_' + variant if variant else ''}_e{args.epochs}"
-    return name + (f"_b{args.limit_train_batches}" if args.limit_train_batches else "")
+    return result_name(f"{experiment}{'_' + variant if variant else ''}", args)
 
 
 # what Hydra's override grammar reads as a plain string, for certain: any other value is quoted
@@ -104,10 +117,11 @@ def train(experiment: str, args, overrides: list[str] = (), variant: str = "") -
     return run_dir, 0.0 if done else time.perf_counter() - start
 
 
-def evaluate(run_dir: Path, purpose: str, overrides: list[str], args) -> tuple[dict, Path]:
-    """Evaluate ``run_dir``'s last.ckpt into ``run_dir/eval/<purpose>``; returns metrics.json and that folder.
-    An evaluation written after the checkpoint is reused (the scripts share runs and can be run again)."""
-    out, ckpt = run_dir / "eval" / purpose, last_ckpt(run_dir)
+def evaluate(run_dir: Path, purpose: str, overrides: list[str], args, ckpt: Path | None = None) -> tuple[dict, Path]:
+    """Evaluate ``run_dir``'s last.ckpt (or ``ckpt``, one of its snapshots) into ``run_dir/eval/<purpose>``;
+    returns metrics.json and that folder. An evaluation written after the checkpoint with the same overrides is
+    reused (the scripts share runs and can be run again); any other is replaced."""
+    out, ckpt = run_dir / "eval" / purpose, ckpt or last_ckpt(run_dir)
     cmd = [
         sys.executable,
         "-m",
@@ -171,7 +185,15 @@ def training_time_line(run_dir: Path) -> str | None:
     )
 
 
-def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
+def train_seeds(args, runs: list[str]) -> str:
+    """The ``seed`` the runs were trained with, read from their composed configs."""
+    configs = [Path(args.log_dir) / "experiments" / r / ".hydra" / "config.yaml" for r in runs]
+    seeds = sorted({OmegaConf.load(c).seed for c in configs if c.is_file()})
+    return ", ".join(map(str, seeds)) or "n/a"
+
+
+def setup_lines(args, seconds: float, runs: list[str], evaluation: dict) -> list[str]:
+    """The setup section of a results file; ``evaluation``: one of its metrics.json (for the evaluation seed)."""
     reduced = args.epochs < PAPER_EPOCHS or args.limit_train_batches
     lines = [
         "## Setup",
@@ -179,7 +201,7 @@ def setup_lines(args, seconds: float, runs: list[str]) -> list[str]:
         f"- epochs: **{args.epochs}**"
         + (f", {args.limit_train_batches} batches each" if args.limit_train_batches else "")
         + f" (paper: {PAPER_EPOCHS})",
-        "- seed: 0 (config `seed`), evaluation seed 0",
+        f"- seed: {train_seeds(args, runs)} (config `seed`), evaluation seed {evaluation.get('seed', 'n/a')}",
         f"- hardware: {hardware()}",
         f"- wall time of this command: {seconds / 60:.1f} min (training and evaluation; a run it finds completed, "
         "or an evaluation it finds up to date, is reused)",

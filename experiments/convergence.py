@@ -6,7 +6,8 @@ every 5 epochs by the experiment configs) evaluated at several epochs, plotted p
         --epochs-at 100 200 300 400 500 600 --name convergence_e600
 
 Reads the runs the other scripts trained (``<log-dir>/experiments/<run>/``), evaluates each snapshot
-with ``python -m infocatvae.evaluate`` (figures off; the KDE search is cached), and writes
+with ``python -m infocatvae.evaluate`` into ``<run>/eval/convergence_epochNNNN/`` (figures off; the KDE
+search is cached; an evaluation there with the same overrides, newer than the snapshot, is reused), and writes
 ``experiments/results/<name>.md`` (``--name``, default ``convergence``: the numbers, with each run's
 epochs, wall time and command) and ``<name>.png`` (``kde_ll``, ``info_ce_on_probs``, ``gen_agreement``,
 ``cluster_acc`` and ``test_elbo`` against epochs).
@@ -15,8 +16,6 @@ epochs, wall time and command) and ``<name>.png`` (``kde_ll``, ``info_ce_on_prob
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ METRICS = ["kde_ll", "info_ce_on_probs", "gen_agreement", "cluster_acc", "test_e
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-dir", default=str(common.ROOT / "logs"))
+    p.add_argument("--log-dir", type=common.absolute, default=str(common.ROOT / "logs"))
     p.add_argument("--runs", nargs="*", default=RUNS)
     p.add_argument("--epochs-at", nargs="*", type=int, default=[10, 25, 50, 100])
     p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE")
@@ -60,21 +59,10 @@ def main() -> None:
             print(f"skipping {run}: no snapshot", file=sys.stderr)
             continue
         for e in wanted:
-            out = run_dir / "eval" / f"epoch{e:04d}"
-            if not (out / "metrics.json").is_file():
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "infocatvae.evaluate",
-                    common.path_override("ckpt_path", snaps[e]),
-                    common.path_override("hydra.run.dir", out),
-                    common.path_override("paths.log_dir", args.log_dir),
-                    "figures.enabled=false",
-                    *args.eval,
-                ]
-                print("$", " ".join(cmd), flush=True)
-                subprocess.run(cmd, cwd=common.ROOT, check=True)
-            table.setdefault(run, {})[e] = json.loads((out / "metrics.json").read_text())
+            # a folder of its own (not evaluate's default eval/epochNNNN, which a quick look by hand may hold),
+            # reused only when evaluated with the same overrides after the snapshot was written
+            m, _ = common.evaluate(run_dir, f"convergence_epoch{e:04d}", ["figures.enabled=false"], args, snaps[e])
+            table.setdefault(run, {})[e] = m
         per_epoch, span = common.epoch_times(run_dir)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().strip().replace("\n", " ")
         done = status.get("status") == "completed"
@@ -88,6 +76,11 @@ def main() -> None:
             f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
             f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
             f"(pauses included); overrides: `{overrides}`"
+        )
+    if not table:
+        sys.exit(
+            f"convergence: no snapshot (checkpoints/epochNNNN.ckpt) in any of the runs {', '.join(args.runs)} "
+            f"under {args.log_dir}/experiments/; pass --log-dir (where the scripts trained them) or --runs"
         )
     plot(table, common.RESULTS / f"{args.name}.png")
     rows = [
@@ -109,8 +102,9 @@ def main() -> None:
         *notes,
         "",
         f"- hardware: {common.hardware()}",
-        f"- wall time of this command: {(time.perf_counter() - start) / 60:.1f} min (a snapshot evaluated before, "
-        "with its metrics.json in the run's eval/ folder, is read, not evaluated again)",
+        f"- wall time of this command: {(time.perf_counter() - start) / 60:.1f} min (a snapshot evaluated before "
+        "by this script with the same overrides, in the run's eval/convergence_epochNNNN/, is read, not evaluated "
+        "again)",
         f"- command: `python {' '.join(sys.argv)}`",
         "- each run was trained by `python -m infocatvae.train` with the overrides above and `hydra.run.dir` set to "
         "its folder (from `experiments/long_runs.sh` or the result's script, e.g. `experiments/table1.py`)",

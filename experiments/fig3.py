@@ -21,11 +21,11 @@ def main() -> None:
     for data, exp in RUNS.items():
         run_dir, _ = common.train(exp, args)
         m, out = common.evaluate(run_dir, "figures", NO_DENSITY, args)
-        tag = data.lower()
+        fig_name = common.result_name(f"fig3_{data.lower()}", args, ".png")
         body += [
             f"## {data} (`experiment={exp}`)",
             "",
-            f"![interpolation]({common.copy_figure(out / 'fig3_interpolation.png', f'fig3_{tag}.png')})",
+            f"![interpolation]({common.copy_figure(out / 'fig3_interpolation.png', fig_name)})",
             "",
             f"Test clustering accuracy {common.fmt(m['cluster_acc'], 3)} ({m['cluster_acc_mapping']}), "
             f"NMI {common.fmt(m['nmi'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
@@ -41,10 +41,10 @@ def main() -> None:
         "each row then shows one class morphing into the next.",
         "",
         *body,
-        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS.values()]),
+        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in RUNS.values()], m),
         *common.full_run_note("fig3.py"),
     ]
-    common.write("fig3", lines)
+    common.write(common.result_name("fig3", args), lines)
 
 
 if __name__ == "__main__":

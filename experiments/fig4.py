@@ -18,8 +18,8 @@ def main() -> None:
     start = time.perf_counter()
     run_dir, _ = common.train(EXP, args)
     m, out = common.evaluate(run_dir, "figures", ["kde.enabled=false", "parzen.enabled=false"], args)
-    fig = common.copy_figure(out / "fig4_lambda.png", "fig4_fashion.png")
-    samples = common.copy_figure(out / "samples.png", "fig4_fashion_samples.png")
+    fig = common.copy_figure(out / "fig4_lambda.png", common.result_name("fig4_fashion", args, ".png"))
+    samples = common.copy_figure(out / "samples.png", common.result_name("fig4_fashion", args, "_samples.png"))
     seconds = time.perf_counter() - start
     lines = [
         "# Figure 4: varying λ of the prior means (FashionMNIST)",
@@ -38,10 +38,10 @@ def main() -> None:
         f"NMI {common.fmt(m['nmi'], 3)}, ARI {common.fmt(m['ari'], 3)}, `info_ce` {common.fmt(m['info_ce'], 3)}.",
         common.usage_line(m),
         "",
-        *common.setup_lines(args, seconds, [common.run_name(EXP, args)]),
+        *common.setup_lines(args, seconds, [common.run_name(EXP, args)], m),
         *common.full_run_note("fig4.py"),
     ]
-    common.write("fig4", lines)
+    common.write(common.result_name("fig4", args), lines)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ InfoCatVAE (right).
 
 Appendix C's loss read literally (``gaussian``, the configs' default) cannot pay for a clustering
 (``loss_scale.py``); ``--likelihood bernoulli`` trains and evaluates the same models with the Bernoulli
-likelihood in runs of their own (``<experiment>_bernoulli_e<epochs>``) and writes ``fig5_bernoulli.md``.
+likelihood in runs of their own (``<experiment>_bernoulli_e<epochs>``) and writes ``fig5_bernoulli_e<epochs>.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     for exp, label in RUNS.items():
         run_dir, _ = common.train(exp, args, overrides, variant)
         m, out = common.evaluate(run_dir, "fig5", ["kde.enabled=false", "parzen.enabled=false"], args)
-        fig = common.copy_figure(out / "samples.png", f"{exp}{suffix}_samples.png")
+        fig = common.copy_figure(out / "samples.png", common.result_name(f"{exp}{suffix}", args, "_samples.png"))
         rows.append(
             f"| {label} | {common.fmt(m['cluster_acc'], 3)} | {common.fmt(m['nmi'], 3)} | "
             f"{common.fmt(m['ari'], 3)} | {common.fmt(m['info_ce'], 3)} | {common.fmt(m['info_acc'], 3)} | "
@@ -69,9 +69,10 @@ def main() -> None:
         "One row of samples per category, z ~ p(z|c). The paper shows these samples only "
         "(no numbers): the fixed prior with information maximisation gives class-consistent rows, the free "
         f"prior does not. Measured on the {n_test} test images; the `gen_*` columns are the independent reader's "
-        "(a classifier trained on the real MNIST training images, never by the model) reading of 1,000 "
-        "samples per category: its mean confidence, the share of each category's samples that agree with "
-        "that category's majority digit, and how many distinct digits the 10 categories produce:",
+        "(a classifier trained on the real MNIST training images, never by the model) reading of "
+        f"{common.fmt(m.get('gen_n_per_category'))} samples per category: its mean confidence, the share of each "
+        "category's samples that agree with that category's majority digit, and how many distinct digits the "
+        f"{m['K']} categories produce:",
         "",
         "| model | `cluster_acc` | `nmi` | `ari` | `info_ce` | `info_acc` | `gen_confidence` | `gen_agreement` "
         f"| `gen_distinct` | test recon ({LOSS_NAMES[args.likelihood]}) |",
@@ -92,10 +93,10 @@ def main() -> None:
         "holds: the claims table of [README.md](README.md).",
         "",
         *body,
-        *common.setup_lines(args, seconds, [common.run_name(e, args, variant) for e in RUNS]),
+        *common.setup_lines(args, seconds, [common.run_name(e, args, variant) for e in RUNS], m),
         *common.full_run_note("fig5.py"),
     ]
-    common.write(f"fig5{suffix}", lines)
+    common.write(common.result_name(f"fig5{suffix}", args), lines)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ def main() -> None:
         "report this variant. "
         "`info_acc` is the share of samples classified as their own category.",
         "",
-        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER]),
+        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER], m),
         *common.full_run_note("info_ce.py"),
     ]
-    common.write("info_ce", lines)
+    common.write(common.result_name("info_ce", args), lines)
 
 
 if __name__ == "__main__":

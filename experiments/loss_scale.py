@@ -8,8 +8,10 @@ pixel value), so no code can save more than that image's test reconstruction (th
 decoder that knows only the digit outputs that digit's mean image, so knowing the category saves at least the
 difference of the two. For a loss of reconstruction + beta * KL (CatVAE, free-prior CatVAE): when the first
 bound is below beta_cat * log K, no confident clustering of real images lowers the loss, however long the
-model trains; when the second is above, clustering pays before z carries anything. (InfoCatVAE's info term
-acts on generated images and is left out.) No training: the data and the shipped loss
+model trains; when the second is above, a decoder told the category would make clustering pay before z carries
+anything else. That second bound is optimistic: the CatVAE's decoder is told z ~ p(z|c), not c, and the
+components of p(z|c) overlap (eq. 8's means are lambda * sqrt(2 delta) apart), so a decoder of z alone saves
+less. (InfoCatVAE's info term acts on generated images and is left out.) No training: the data and the shipped loss
 (``infocatvae.losses.reconstruction``) with ``K`` and ``beta_cat`` of ``--experiment``.
 
     python experiments/loss_scale.py

@@ -43,7 +43,7 @@ def main() -> None:
             f"{m['kde_bandwidth']} | {common.fmt(m['parzen_test_ll'])} ± {common.fmt(m['parzen_test_ll_sem'])} | "
             f"{m['parzen_bandwidth']} | {common.fmt(m['test_recon'], 1)} |"
         )
-        figs.append(common.copy_figure(out / "samples.png", f"table1_{exp.removeprefix('table1_')}_samples.png"))
+        figs.append(common.copy_figure(out / "samples.png", common.result_name(exp, args, "_samples.png")))
         last = m
     seconds = time.perf_counter() - start
     lines = [
@@ -76,10 +76,10 @@ def main() -> None:
         "",
         *[f"![{f}]({f})" for f in figs],
         "",
-        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER]),
+        *common.setup_lines(args, seconds, [common.run_name(e, args) for e in PAPER], last),
         *common.full_run_note("table1.py"),
     ]
-    common.write("table1", lines)
+    common.write(common.result_name("table1", args), lines)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from infocatvae.config import CONFIG_DIR
+from tests.helpers import MODELS
 
 APPENDIX = {"K": 10, "delta": 2, "lam": 2.0, "beta_cat": 10.0, "beta_cont": 10.0}
 EXPERIMENTS = {
@@ -30,9 +31,41 @@ EXPERIMENTS = {
 }
 
 
+@pytest.fixture
+def experiments_on_path(monkeypatch):
+    """experiments/ on sys.path for this test only, as the scripts run (``import common``)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+
+
+# experiment=authors_code: where the authors' public code (github.com/edouardpineau/infoCatVAE) differs from the
+# paper's text (README, "Where the paper is silent, and the authors' code"). For every model:
+AUTHORS_CODE = {
+    "model.optimizer.lr": 1e-3,  # main.py: optim.Adam(..., lr=1e-3); the paper's appendix B: 1e-4
+    "model.net.decoder.output_dropout": 0.0,  # decode: sigmoid(fc4(h3)); Table 2: Dropout(0.25) on the output
+}
+# and for the CatVAE family, by conf/experiment_model/<file> (the AAE takes only the lines above)
+SOFT = {"model.recon": "soft"}  # one z from the heads fed with [h, q(c|x)], decoded once
+AUTHORS_CODE_MODEL = {
+    "authors_code_catvae": SOFT,
+    "authors_code_catvae_free": SOFT,  # the free-prior CatVAE runs the same code
+    "authors_code_infocatvae": {
+        **SOFT,
+        "model.info_loss": "ce_on_probs",  # F.cross_entropy(softmax output, labels)
+        "model.beta_info": 100 / 128,  # 100 * adv_loss beside a loss summed over a batch of 128
+        "model.info_per_category": 10,  # sampling(model, 10, ...): 10 images of each category per step
+    },
+}
+
+
 def test_every_experiment_file_is_covered():
+    """Every file of conf/experiment/ and conf/experiment_model/ is composed, and its values checked, by a test
+    below; and every experiment those tests name exists."""
     files = {p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")}
-    assert set(EXPERIMENTS) <= files
+    assert files == set(EXPERIMENTS) | set(CLUSTERING_PRESETS) | {"authors_code"}
+    model_files = {p.stem for p in (Path(CONFIG_DIR) / "experiment_model").glob("*.yaml")}
+    assert model_files == set(AUTHORS_CODE_MODEL)
+    # each of them is reached by composing its experiment with the model it is named after
+    assert all(name.removeprefix("authors_code_") in MODELS for name in model_files)
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
@@ -60,28 +93,49 @@ def test_experiment_composes(name):
     assert model.K == K
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_authors_code_sets_the_authors_choices_and_nothing_else(model):
+    """``model=<model> experiment=authors_code`` differs from ``model=<model>`` in exactly the authors' choices
+    (AUTHORS_CODE, and AUTHORS_CODE_MODEL's lines of that model), and the model built from it has them."""
+    import hydra.utils
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", "experiment=authors_code"])
+        base = compose("train", overrides=[f"model={model}"])
+    expected = {**AUTHORS_CODE, **AUTHORS_CODE_MODEL.get(f"authors_code_{model}", {})}
+    a, b = _flat(cfg), _flat(base)
+    assert {k: a.get(k) for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == expected
+    built = hydra.utils.instantiate(cfg.model)
+    optimizers = built.configure_optimizers()
+    optimizers = optimizers if isinstance(optimizers, tuple) else (optimizers,)  # the AAE: one for each phase
+    assert {g["lr"] for o in optimizers for g in o.param_groups} == {1e-3}
+    assert built.decoder.net[-1].p == 0.0  # the decoder's output dropout
+    for key, value in expected.items():
+        if key.count(".") == 1:  # the model's own fields
+            assert built.hparams[key.split(".")[1]] == value, key
+
+
 def test_experiment_scripts_use_existing_configs():
     import re
 
     files = {p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")}
     scripts = Path(CONFIG_DIR).parent / "experiments"
     for script in ("table1.py", "info_ce.py", "fig3.py", "fig4.py", "fig5.py"):
-        named = set(re.findall(r'"((?:table1|fig\d+)_[a-z_]+)"', (scripts / script).read_text()))
+        # the experiment names a script quotes (a results file's stem, given to common.result_name, is not one)
+        named = set(re.findall(r'(?<!result_name\()"((?:table1|fig\d+)_[a-z_]+)"', (scripts / script).read_text()))
         assert named and named <= files, (script, named - files)
     named = set(re.findall(r'"experiment=([a-z_0-9]+)"', (scripts / "clustering.py").read_text()))
     assert named and named <= files, ("clustering.py", named - files)
 
 
-def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_path):
+def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_path, experiments_on_path):
     """``long_runs.sh LOGDIR 600`` runs, for Table 1's rows, the FashionMNIST InfoCatVAE and Figure 5's models
     (with the Bernoulli likelihood, then as configured), the same ``infocatvae.train`` command as
     ``table1.py``/``fig3.py``/``fig4.py``/``fig5.py [--likelihood bernoulli] --epochs 600`` (``common.train``),
     so the scripts find those runs finished; a second argument other than 600 is refused before any run."""
     import os
     import subprocess
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
     import fig5
 
@@ -122,18 +176,15 @@ def test_long_runs_at_600_epochs_train_the_runs_the_result_scripts_reuse(tmp_pat
     assert len((tmp_path / "calls").read_text().splitlines()) == len(expected)  # nothing more was run
 
 
-def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, monkeypatch):
+def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, monkeypatch, experiments_on_path):
     """``common.evaluate`` reruns ``infocatvae.evaluate`` unless the stored evaluation has the same overrides
     and is newer than the checkpoint."""
     import json
     import os
     import subprocess
-    import sys
 
-    from omegaconf import OmegaConf
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
+    from omegaconf import OmegaConf
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -160,7 +211,7 @@ def test_experiment_scripts_reuse_an_evaluation_only_when_it_matches(tmp_path, m
     assert common.evaluate(run_dir, "table1", ["info.enabled=true"], args)[0] == {"kde_ll": 3.0}
 
 
-def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path, monkeypatch):
+def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path, monkeypatch, experiments_on_path):
     """``experiments/clustering.py`` trains every (row, seed) with ``test=true`` into its own folder, reuses a
     completed one, and writes per row the mean ± sample std over seeds and the seeds' min / max."""
     import json
@@ -168,7 +219,6 @@ def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path
     import subprocess
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import clustering
     import common
 
@@ -207,7 +257,7 @@ def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path
     assert all("test=true" in c and "trainer.max_epochs=3" in c for c in calls)
     assert "experiment=aae_clustering" in calls[-1] and "model.K=30" in calls[-1]
     assert (tmp_path / "experiments" / "clustering" / "catvae_e3" / "seed2" / "status.json").is_file()
-    table = (tmp_path / "results" / "clustering.md").read_text()
+    table = (tmp_path / "results" / "clustering_e3.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| CatVAE"))
     mean, std = statistics.mean(acc.values()), statistics.stdev(acc.values())
     assert f"| 3 | {mean:.3f} ± {std:.3f} | 0.500 / 0.900 |" in row
@@ -219,9 +269,23 @@ def test_clustering_script_trains_each_seed_once_and_tabulates_mean_std(tmp_path
     monkeypatch.setattr(sys, "argv", [*argv[:8], "clustering_mnist", *argv[-2:]])
     clustering.main()
     assert len(calls) == 9 and evaluated == ["seed2"]  # the best seed on validation, not on test (seed1)
-    table = (tmp_path / "results" / "clustering.md").read_text()
+    table = (tmp_path / "results" / "clustering_e3.md").read_text()
     goal = "mean 0.787 (goal ≥ 0.90: not met); lowest seed 0.500 (goal ≥ 0.80: not met); "
     assert goal + "best seed 0.960 (goal ≥ 0.95: met)" in table
+    # a shorter epoch or another trainer is another run, and another results file: nothing reused, nothing overwritten
+    monkeypatch.setattr(sys, "argv", [*argv[:8], "catvae", *argv[-2:], "--limit-train-batches", "5"])
+    clustering.main()
+    assert len(calls) == 12 and all("trainer.limit_train_batches=5" in c for c in calls[9:])
+    assert (tmp_path / "experiments" / "clustering" / "catvae_e3_b5" / "seed0" / "status.json").is_file()
+    assert (tmp_path / "results" / "clustering_e3_b5.md").is_file()
+    monkeypatch.setattr(sys, "argv", [*argv[:8], "catvae", *argv[-2:], "--trainer", "cpu"])
+    clustering.main()
+    assert len(calls) == 15 and (tmp_path / "experiments" / "clustering" / "catvae_cpu_e3" / "seed0").is_dir()
+    # a completed run without test scores is run again (the framework then only scores the test set)
+    status = tmp_path / "experiments" / "clustering" / "catvae_cpu_e3" / "seed1" / "status.json"
+    status.write_text(json.dumps({"status": "completed", "metrics": {"val/cluster_acc": 0.5}}))
+    clustering.main()
+    assert len(calls) == 16 and "seed=1" in calls[-1]
 
 
 def _flat(cfg) -> dict:
@@ -299,14 +363,17 @@ def test_sweep_searches_existing_fields_with_valid_values(name):
                 check(compose("train", overrides=[f"sweep={name}", f"{key}={v}"]))
 
 
-def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results(tmp_path, monkeypatch):
-    """``experiments/convergence.py`` evaluates each asked-for snapshot (and the latest) once, and writes
-    ``<name>.md`` and ``<name>.png`` beside the other results, leaving ``convergence.md`` alone."""
+def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results(
+    tmp_path, monkeypatch, experiments_on_path
+):
+    """``experiments/convergence.py`` evaluates each asked-for snapshot (and the latest) once, into a folder of
+    its own (not evaluate's default ``eval/epochNNNN``, where a quick look by hand may lie), again when asked
+    with other overrides, and writes ``<name>.md`` and ``<name>.png`` beside the other results, leaving
+    ``convergence.md`` alone."""
     import json
     import subprocess
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
     import convergence
 
@@ -317,13 +384,21 @@ def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results
     (run / "status.json").write_text(json.dumps({"status": "running", "max_epochs": 600, "epoch": 17}))
     for e in (5, 10, 15):
         (run / "checkpoints" / f"epoch{e:04d}.ckpt").write_bytes(b"")
+    quick_look = (
+        run / "eval" / "epoch0005"
+    )  # python -m infocatvae.evaluate ckpt_path=.../epoch0005.ckpt n_generated=2000
+    quick_look.mkdir(parents=True)
+    (quick_look / "metrics.json").write_text(json.dumps({"kde_ll": -1.0}))
     calls = []
 
-    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate leaves: metrics.json in its run folder
+    def fake_run(cmd, cwd, check):  # what infocatvae.evaluate leaves: metrics.json and Hydra's overrides.yaml
         calls.append(cmd)
         out = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-        epoch = int(out.name.removeprefix("epoch"))
-        out.mkdir(parents=True)
+        epoch = int(out.name.removeprefix("convergence_epoch"))
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)
+        (out / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {a}\n" for a in cmd[3:] if not a.startswith("hydra."))
+        )
         (out / "metrics.json").write_text(json.dumps({"kde_ll": 100.0 + epoch, "test_elbo": -90.0}))
 
     monkeypatch.setattr(subprocess, "run", fake_run)
@@ -347,6 +422,13 @@ def test_convergence_script_evaluates_the_asked_snapshots_into_its_named_results
     assert 1.5 < width / height < 3.5
     convergence.main()  # evaluated snapshots are read back, not evaluated again
     assert len(calls) == 2
+    monkeypatch.setattr(sys, "argv", [*argv, "--name", "convergence_e600", "--eval", "n_generated=2000"])
+    convergence.main()  # other overrides: evaluated again
+    assert len(calls) == 4 and all("n_generated=2000" in c for c in calls[2:])
+    # no run under --log-dir: a message that names where it looked, not matplotlib's error on zero panels
+    monkeypatch.setattr(sys, "argv", ["convergence.py", "--log-dir", str(tmp_path / "elsewhere")])
+    with pytest.raises(SystemExit, match=r"no snapshot .* under .*elsewhere/experiments/; pass --log-dir"):
+        convergence.main()
 
 
 @pytest.mark.slow
@@ -404,12 +486,10 @@ def test_gpu_check_imports_no_hydra_before_the_kits_wheels_are_installed():
     assert out.stdout.strip() == "[]"
 
 
-def test_figure_results_state_each_categorys_share_of_the_test_images():
+def test_figure_results_state_each_categorys_share_of_the_test_images(experiments_on_path):
     """fig3.py/fig4.py print, beside the figures, the shares of ``metrics.json`` (row c is category c); an older
     reused evaluation without them says so instead of failing."""
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common  # as the scripts import it
 
     m = {"category_usage": [0.5, 0.3, 0.0, 0.2], "usage_perplexity": 2.8001, "K": 4}
@@ -418,18 +498,15 @@ def test_figure_results_state_each_categorys_share_of_the_test_images():
     assert "not in this evaluation" in common.usage_line({"cluster_acc": 0.5, "K": 4})
 
 
-def test_loss_scale_bounds_are_the_best_constant_decoders_on_real_images(data_dir):
+def test_loss_scale_bounds_are_the_best_constant_decoders_on_real_images(data_dir, experiments_on_path):
     """``loss_scale.constant_decoder_recon`` returns the test reconstruction of the training mean image and of each
     test image's digit mean image, under both likelihoods: checked against the formulas written out here (binary
     cross-entropy summed over pixels; squared error averaged over each 28-pixel row, summed over rows), and each
     constant is the best of its kind (nudging it makes the loss worse)."""
-    import sys
 
+    import loss_scale
     import numpy as np
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import loss_scale
 
     from infocatvae.data import load_split
 
@@ -463,17 +540,18 @@ def test_loss_scale_bounds_are_the_best_constant_decoders_on_real_images(data_di
 @pytest.mark.parametrize(
     "argv, overrides, variant, result",
     [
-        ([], [], "", "fig5"),
-        (["--likelihood", "bernoulli"], ["model.likelihood=bernoulli"], "bernoulli", "fig5_bernoulli"),
+        ([], [], "", "fig5_e3"),
+        (["--likelihood", "bernoulli"], ["model.likelihood=bernoulli"], "bernoulli", "fig5_bernoulli_e3"),
     ],
 )
-def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeypatch, argv, overrides, variant, result):
+def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(
+    monkeypatch, argv, overrides, variant, result, experiments_on_path
+):
     """``fig5.py`` trains the configs as they are (appendix C's squared error, which ``CONFIG_LIKELIHOOD`` names);
     with ``--likelihood bernoulli`` it adds the override, names the runs ``<experiment>_bernoulli_e<epochs>``
-    and writes ``fig5_bernoulli.md``, so the two readings never share a run or a result file."""
+    and writes ``fig5_bernoulli_e<epochs>.md``, so the two readings never share a run or a result file."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
     import fig5
 
@@ -484,13 +562,13 @@ def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeyp
     trained, written = [], {}
     metrics = dict.fromkeys(("cluster_acc", "ari", "info_ce", "info_acc", "test_recon"), 0.5)
     # q(c|x) spread evenly whatever the digit: an NMI near 0, and no collapse onto one category
-    metrics.update(nmi=0.002, category_usage=[0.1] * 10, n_test=10000)
+    metrics.update(nmi=0.002, category_usage=[0.1] * 10, n_test=10000, K=10, gen_n_per_category=300)
     monkeypatch.setattr(
         common, "train", lambda exp, args, o=(), v="": trained.append((exp, list(o), v)) or (Path(exp), 0)
     )
     monkeypatch.setattr(common, "evaluate", lambda run_dir, purpose, o, args: (metrics, Path(run_dir)))
     monkeypatch.setattr(common, "copy_figure", lambda src, name: name)
-    monkeypatch.setattr(common, "setup_lines", lambda args, seconds, runs: written.setdefault("runs", runs) and [])
+    monkeypatch.setattr(common, "setup_lines", lambda args, s, runs, m: written.setdefault("runs", runs) and [])
     monkeypatch.setattr(common, "write", lambda name, lines: written.update(name=name, text="\n".join(lines)))
     monkeypatch.setattr(sys, "argv", ["fig5.py", "--epochs", "3", *argv])
     fig5.main()
@@ -499,6 +577,7 @@ def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeyp
     assert written["runs"] == [f"{exp}{'_' + variant if variant else ''}_e3" for exp in fig5.RUNS]
     assert ("binary cross-entropy" if variant else "squared error") in written["text"]
     assert "10,000 test images" in written["text"] and "in one category" not in written["text"]
+    assert "reading of 300 samples per category" in written["text"]
     metrics["category_usage"] = [0.995, 0.005] + [0.0] * 8  # every test image but 0.5 % in one category
     fig5.main()
     assert "more than 99 % of the test images in one category" in written["text"]
@@ -508,10 +587,8 @@ def test_fig5_trains_the_other_likelihood_in_runs_and_results_of_its_own(monkeyp
     assert "(by NMI < 0.01: its evaluation has no category shares)" in written["text"]
 
 
-def test_table1_says_where_the_parzen_bandwidth_was_chosen_from_the_evaluation_itself():
-    import sys
+def test_table1_says_where_the_parzen_bandwidth_was_chosen_from_the_evaluation_itself(experiments_on_path):
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import table1
 
     on_val = {"parzen_bandwidth_split": "val", "parzen_n_valid": 1000, "parzen_val_size": 5000}
@@ -534,15 +611,28 @@ def test_table1_says_where_the_parzen_bandwidth_was_chosen_from_the_evaluation_i
         "/home/me/runs~1/#2!/a&b;c",  # characters Hydra's grammar does not take unquoted
     ],
 )
-def test_the_scripts_paths_reach_hydra_as_they_are(path):
+def test_the_scripts_paths_reach_hydra_as_they_are(path, experiments_on_path):
     """``common.path_override`` quotes a path only where Hydra's override grammar would split or interpret it."""
-    import sys
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import common
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     override = common.path_override("ckpt_path", path)
     assert OverridesParser.create().parse_override(override).value() == path
     assert (override == f"ckpt_path={path}") == path.startswith("/logs/experiments")
+
+
+def test_the_scripts_take_log_dir_as_absolute_and_state_the_seeds_they_used(tmp_path, monkeypatch, experiments_on_path):
+    """A relative ``--log-dir`` is resolved where the script starts (its training and evaluation run in the
+    repository root); the setup lines give the runs' training seed and the evaluation's, as recorded."""
+    import common
+
+    monkeypatch.chdir(tmp_path)
+    args = common.parser("").parse_args(["--log-dir", "rel", "--epochs", "5"])
+    assert args.log_dir == str(tmp_path / "rel")
+    assert common.result_name("table1_aae", args, "_samples.png") == "table1_aae_e5_samples.png"
+    config = tmp_path / "rel" / "experiments" / "x_e5" / ".hydra"
+    config.mkdir(parents=True)
+    (config / "config.yaml").write_text("seed: 3\n")
+    lines = "\n".join(common.setup_lines(args, 60.0, ["x_e5"], {"seed": 7}))
+    assert "- seed: 3 (config `seed`), evaluation seed 7" in lines
