@@ -233,7 +233,8 @@ class ImageLogger(L.Callback):
             return
         x, _ = next(iter(trainer.val_dataloaders))
         x = trainer.datamodule.scale(x[: self.n]).to(pl_module.device)
-        step = trainer.global_step
+        # the x of Lightning's own scalars (global_step counts each of the AAE's three optimiser steps a batch)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
         writer.add_image("images/reconstructions", plots.reconstruction_grid(pl_module, x), step)
         writer.add_image("images/samples", plots.samples_grid(pl_module, self.n), step)
         if pl_module.has_prior_means:

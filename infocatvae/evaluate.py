@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import kde, metrics, plots, reader, validation
-from infocatvae.checkpoints import datamodule_from, model_from, read_checkpoint
+from infocatvae.checkpoints import datamodule_from, logger_step, model_from, read_checkpoint
 from infocatvae.config import CONFIG_DIR
 from infocatvae.data import load_split
 from infocatvae.runs import run_dir_of  # also registers conf/eval.yaml's ${eval_dir:...} resolver
@@ -54,7 +54,8 @@ def tensorboard_folder(cfg: DictConfig) -> Path | None:
 
 
 def write_outputs(out_dir: Path, tb: Path | None, results: dict[str, Any], figs: dict[str, Any], step: int) -> None:
-    """``metrics.json``, and the numbers and figures under ``eval/`` in TensorBoard at the checkpoint's step."""
+    """``metrics.json``, and the numbers and figures under ``eval/`` in TensorBoard at ``step``, the checkpoint's
+    place on the training curves (``checkpoints.logger_step``)."""
     import matplotlib.pyplot as plt
 
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -153,7 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tb = tensorboard_folder(cfg)
     results["tensorboard_dir"] = str(tb) if tb is not None else None
     results["seconds"] = time.perf_counter() - start
-    write_outputs(out_dir, tb, results, figs, results["global_step"])
+    write_outputs(out_dir, tb, results, figs, logger_step(ckpt))
     floats = {k: round(v, 4) for k, v in results.items() if isinstance(v, float)}
     log.info("Evaluated %s → %s: %s", cfg.ckpt_path, out_dir / "metrics.json", floats)
     return results

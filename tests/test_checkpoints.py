@@ -146,3 +146,34 @@ def test_load_from_checkpoint_completes_a_field_added_after_the_checkpoint_was_w
         torch.testing.assert_close(loaded.state_dict()[k], v)
     with pytest.raises(TypeError, match="holds a model of class InfoCatVAE, not AAE"):
         AAE.load_from_checkpoint(path)
+
+
+def test_load_from_checkpoint_returns_eval_mode_on_lightnings_path_too(tmp_path):
+    """With Lightning's own arguments (``strict``, a ``map_location`` dict) the model comes back in eval mode as
+    on the default path: dropout off in ``sample`` and ``reconstruct``."""
+    import lightning
+
+    from infocatvae.models import CatVAE
+
+    model = make_model("model=catvae")
+    path = tmp_path / "new.ckpt"
+    stored = {
+        "hyper_parameters": dict(model.hparams),
+        "state_dict": model.state_dict(),
+        MODEL_KEY: "infocatvae.models.CatVAE",
+    }
+    torch.save({**stored, "pytorch-lightning_version": lightning.__version__}, path)
+    for kwargs in ({"strict": True}, {"map_location": {"cuda:0": "cpu"}}, {}):
+        loaded = CatVAE.load_from_checkpoint(path, **kwargs)
+        assert type(loaded) is CatVAE and not loaded.training, kwargs
+
+
+def test_a_checkpoints_place_on_the_training_curves_is_the_batches_it_trained():
+    """``logger_step``: after 3 batches the validation and epoch-end scalars sit at x = 2 (Lightning's count of the
+    batches before the last); the AAE's ``global_step`` is 9 there. A checkpoint without loops (written by hand)
+    falls back to ``global_step``."""
+    from infocatvae.checkpoints import logger_step
+
+    loops = {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 3}}}
+    assert logger_step({"global_step": 9, "loops": loops}) == 2
+    assert logger_step({"global_step": 3}) == 2 and logger_step({}) == 0

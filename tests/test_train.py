@@ -109,6 +109,9 @@ def test_recurrent_networks_on_row_sequential_mnist(model, tmp_path):
     recon = acc.Images("images/reconstructions")[-1]
     assert (recon.height, recon.width) == (2 * 30 + 2, 8 * 30 + 2)  # make_grid pads each 28×28 image by 2
     assert "images/samples" in acc.Tags()["images"]
+    # at the x of the curves, Lightning's batch count (2 at the validation after the third batch); not global_step,
+    # which was one ahead and, for the AAE, counts its three optimiser steps a batch (9)
+    assert recon.step == acc.Scalars("val/loss")[-1].step == 2
 
 
 @pytest.mark.slow

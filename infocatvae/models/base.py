@@ -235,9 +235,16 @@ class BaseModel(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's ``load_from_checkpoint``; with no argument but the file (and ``map_location``), also a checkpoint
         written before a field of the model existed: ``checkpoints.load_model``, which completes such a field from
-        the shipped config (the classes take no defaults), checked to hold a ``cls``. Returned in eval mode."""
-        if hparams_file is not None or strict is not None or kwargs:
-            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
+        the shipped config (the classes take no defaults), checked to hold a ``cls``. Returned in eval mode, on
+        either path (a ``map_location`` other than a device, a dict or a function, takes Lightning's)."""
+        if (
+            hparams_file is not None
+            or strict is not None
+            or kwargs
+            or not isinstance(map_location, (str, torch.device, type(None)))
+        ):
+            model = super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
+            return model.eval()
         from infocatvae.checkpoints import load_model  # (checkpoints imports this module)
 
         model = load_model(checkpoint_path, map_location or "cpu")
