@@ -1,5 +1,6 @@
 """Lightning callbacks: the finite-loss guard, the per-epoch seed, the checkpoint on interrupt, the epoch
-snapshots and the image grids in TensorBoard. Writing checkpoints atomically: ``infocatvae.checkpoints``."""
+snapshots, the check of the monitored metrics' names and the image grids in TensorBoard. Writing checkpoints
+atomically: ``infocatvae.checkpoints``."""
 
 from __future__ import annotations
 
@@ -213,6 +214,33 @@ class EpochSnapshots(Checkpoint):
         done = trainer.current_epoch + 1
         if self.every and done % self.every == 0:
             trainer.save_checkpoint(self.dirpath / f"epoch{done:04d}.ckpt", weights_only=False)
+
+
+class MonitoredMetrics(L.Callback):
+    """Refuses a metric that the config asks for and the model does not log, once the sanity check's validation
+    batches have logged the run's ``val/`` metrics and before the first training batch: ``fields`` maps each
+    config field to its metric (``callbacks.model_checkpoint.monitor``: ``val/loss``). Lightning's own error
+    for a checkpoint's ``monitor`` came at the first epoch's end, and that epoch was lost. A ``test/`` metric is
+    checked by its ``val/`` name (the two stages log the same names). With ``trainer.num_sanity_val_steps=0``
+    nothing is checked here."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        logged = set(trainer.callback_metrics)  # rank 0's: the clustering scores are logged there only
+        missing = [
+            (field, metric)
+            for field, metric in self.fields.items()
+            if "val/" + metric.removeprefix("test/").removeprefix("val/") not in logged
+        ]
+        missing = trainer.strategy.broadcast(missing, src=0)  # every process stops, or none
+        if missing:
+            field, metric = missing[0]
+            raise ValueError(
+                f"{field} must name a metric that {type(pl_module).__name__} logs, got {metric!r}; it logs "
+                f"{sorted(k for k in logged if k.startswith('val/'))} (and the same under test/ with test=true)"
+            )
 
 
 class ImageLogger(L.Callback):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from infocatvae.config import model_defaults
 from infocatvae.data import MNISTDataModule
-from infocatvae.models.base import MODEL_KEY, BaseModel
+from infocatvae.models.base import MODEL_KEY, BaseModel, init_fields
 from infocatvae.runs import is_own, last_ckpt
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def _init_fields(cls: type) -> set[str]:
-    """The hyperparameters a model class takes: the arguments of its ``__init__`` and of its bases' below BaseModel."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if issubclass(klass, BaseModel) and klass is not BaseModel and "__init__" in vars(klass):
-            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-            names |= {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return names
-
-
 def _deep_merge(base: Mapping, top: Mapping) -> dict:
     out = dict(base)
     for k, v in top.items():
@@ -82,7 +72,7 @@ def model_from(ckpt: dict, path: str | Path) -> BaseModel:
     one was removed) still loads: missing fields take the shipped config's defaults (conf/model, conf/net)
     and fields the class no longer takes are dropped, both logged."""
     cls = hydra.utils.get_class(ckpt[MODEL_KEY])
-    fields = _init_fields(cls)
+    fields = init_fields(cls)[0]
     stored = ckpt.get("hyper_parameters", {})
     hparams = {k: v for k, v in stored.items() if k in fields}
     if dropped := sorted(set(stored) - fields):
@@ -126,7 +116,7 @@ def _completed(hparams: Mapping, cls: type) -> dict:
     (which keep the behaviour from before each field existed), as ``model_from`` builds it."""
     encoder = (hparams.get("net") or {}).get("encoder", {}).get("_target_")
     defaults = model_defaults(cls, encoder) or {}
-    fields = _init_fields(cls)
+    fields = init_fields(cls)[0]
     return _deep_merge({k: v for k, v in defaults.items() if k in fields}, hparams)
 
 

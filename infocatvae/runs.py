@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
@@ -137,16 +140,21 @@ class JobStatus:
 
     On leaving: ``completed`` with ``job.metrics``, else ``failed`` (or ``interrupted`` for Ctrl-C and
     signals) with the error, and the trainer's epoch and step once ``job.trainer`` is set, so that a sweep's
-    summary shows every job's outcome. Lightning's SIGTERM exit (SystemExit(None): status 0) leaves as
-    exit status 128 + SIGTERM, so that a scheduler sees the job did not finish.
+    summary shows every job's outcome. A job refused before it started (a bad value, a model that cannot be
+    built: before ``job.running``) is recorded only in a folder that holds no run yet: the record of a run
+    the folder holds (a finished one, say, run again with a typo) stays as it was. Lightning's SIGTERM exit
+    (SystemExit(None): status 0) leaves as exit status 128 + SIGTERM, so that a scheduler sees the job did not
+    finish.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = run_dir
         self.trainer: Any = None
         self.metrics: dict[str, float] = {}
+        self.started = False
 
     def running(self, **fields: Any) -> None:
+        self.started = True
         write_status(self.run_dir, status="running", error=None, **fields)
 
     def __enter__(self) -> JobStatus:
@@ -160,6 +168,15 @@ class JobStatus:
             return False
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         status = "interrupted" if interrupted else "failed"
+        if not self.started and read_status(self.run_dir).get("status"):
+            log.error(
+                "%s before the job started; %s/%s still records the run this folder holds (%s)",
+                type(err).__name__,
+                self.run_dir,
+                STATUS_FILE,
+                read_status(self.run_dir)["status"],
+            )
+            return False
         write_status(self.run_dir, status=status, error=f"{type(err).__name__}: {err}", **progress)
         if isinstance(err, SIGTERMException):
             raise SystemExit(128 + signal.SIGTERM) from err

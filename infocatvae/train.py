@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae import hardware, validation
-from infocatvae.callbacks import EpochSeed
+from infocatvae.callbacks import EpochSeed, MonitoredMetrics
 from infocatvae.checkpoints import (
     STARTED_FROM,
     AtomicCheckpointIO,
@@ -124,6 +124,26 @@ def check_strategy(cfg: DictConfig) -> None:
             )
 
 
+def monitored_fields(cfg: DictConfig) -> dict[str, str]:
+    """The metrics the config asks the model to log, by field: each callback's ``monitor``, and
+    ``optimized_metric`` where a sweeper optimises the job's return value (Optuna; Hydra's basic sweeper reads
+    none)."""
+    fields = {
+        f"callbacks.{name}.monitor": c.monitor
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if isinstance(c, DictConfig) and c.get("monitor")
+    }
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    except ValueError:  # no Hydra (tests calling train() directly)
+        sweeper = ""
+    if cfg.get("optimized_metric") and sweeper and not sweeper.endswith("BasicSweeper"):
+        fields["optimized_metric"] = cfg.optimized_metric
+    return fields
+
+
 def cpu_threads(cfg: DictConfig) -> int:
     """torch's CPU thread count for this job: ``threads``, else the submitit launcher's ``cpus_per_task``, else
     ``$SLURM_CPUS_PER_TASK``, else every core this process may use (``os.sched_getaffinity``). The launcher's
@@ -194,11 +214,13 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model)
+        validation.check_built(cfg, model)
         has_own_last = last_ckpt(run_dir).exists()
         ckpt_path = resolve_checkpoint(cfg, run_dir, model)
         callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
+        callbacks.append(MonitoredMetrics(monitored_fields(cfg)))
         # last.ckpt written after best-*.ckpt, so that it holds the best checkpoint's state of its own epoch
         callbacks = order_checkpoint_callbacks(callbacks)
         check_strategy(cfg)

@@ -10,25 +10,35 @@ arguments again, and the maths modules raise no config messages. (The density es
 a bandwidth grid of positive numbers, a fold count within the data; its messages name the argument.)
 
 A rule applies where its field exists: ``model.delta`` in the CatVAE family, ``model.d`` in the AAE,
-``reader.*`` in the evaluation config. Hydra itself refuses unknown fields and group options.
+``reader.*`` in the evaluation config. Hydra refuses unknown fields and group options on the command line;
+a field that a config file (an experiment for another model, a typo in one's own file) gives a model that
+does not take it is refused here (``model.lam is not a field of model=aae``), as is an optimizer entry that
+cannot build an optimizer. ``check_built`` adds the checks that need the built model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import hydra.utils
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infocatvae.data import DATASETS
 from infocatvae.losses import LIKELIHOODS
+from infocatvae.models.base import init_fields
 from infocatvae.models.catvae import RECON_MODES
 from infocatvae.models.infocatvae import INFO_LOSSES
 from infocatvae.nets import GRUDecoder
 from infocatvae.priors import MixturePrior
 
 _ABSENT = object()
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+# the optimizer entries of the models: a _partial_ target applied to the parameters (BaseModel.make_optimizer)
+OPTIMIZERS = ("model.optimizer", "model.gen_optimizer", "model.disc_optimizer")
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool): inf passed every bound and trained until the loss guard stopped it."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def integer(low: int, high: int | None = None, nullable: bool = False) -> Rule:
@@ -56,7 +67,8 @@ def integer(low: int, high: int | None = None, nullable: bool = False) -> Rule:
 def number(low: float, above: bool = False) -> Rule:
     """A number >= low (> low when ``above``)."""
     return Rule(
-        f"a number {'>' if above else '>='} {low}", lambda v: _is_number(v) and (v > low if above else v >= low)
+        f"a finite number {'>' if above else '>='} {low}",
+        lambda v: _is_number(v) and (v > low if above else v >= low),
     )
 
 
@@ -154,6 +166,9 @@ RULES: dict[str, Rule] = {
     # conf/trainer/*.yaml: Lightning checks most of its own arguments when the Trainer is built, not this one's
     # type (max_epochs=abc trained until the first epoch's end); -1: no limit, null: Lightning's default
     "trainer.max_epochs": integer(-1, nullable=True),
+    # bf16-true/16-true cast the weights but not the inputs (no autocast): the first matrix product failed on
+    # mixed dtypes; 16-mixed is CUDA's float16 (Lightning runs bf16-mixed in its place on a CPU)
+    "trainer.precision": one_of(PRECISIONS),
     # limit_val_batches=abc failed inside Lightning with "'<=' not supported between 'int' and 'str'"
     "trainer.limit_train_batches": batches(0),
     "trainer.limit_val_batches": batches(0),
@@ -212,7 +227,7 @@ def _value(cfg: DictConfig, field: str) -> Any:
     if OmegaConf.is_missing(node, key):
         raise ValueError(f"{field} must be set (it is ???)")
     value = node[key]
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def check(cfg: DictConfig) -> None:
@@ -221,9 +236,67 @@ def check(cfg: DictConfig) -> None:
         value = _value(cfg, field)
         if value is not _ABSENT and not rule.ok(value):
             raise ValueError(f"{field} must be {rule.allowed}, got {value!r}")
+    _check_model_fields(cfg)
+    for field in OPTIMIZERS:
+        if (entry := _value(cfg, field)) not in (_ABSENT, None):
+            _check_optimizer(field, entry)
     epochs, steps = _value(cfg, "model.kl_warmup_epochs"), _value(cfg, "model.kl_warmup_steps")
     if _is_int(epochs) and _is_int(steps) and epochs > 0 and steps > 0:
         raise ValueError(
             f"model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got {epochs} and {steps}: "
             f"warm up over epochs or over steps, and set the other to 0"
+        )
+
+
+def _check_model_fields(cfg: DictConfig) -> None:
+    """``model.*`` against what the model class takes: a field of another model (an experiment config for the
+    CatVAE family with model=aae) failed inside Hydra's instantiate with a TypeError that named no field."""
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or "_target_" not in model:
+        return
+    try:
+        cls = hydra.utils.get_class(model._target_)
+    except Exception as err:  # Hydra's own error names the target; ours names the field as well
+        raise ValueError(f"model._target_ must name an importable model class, got {model._target_!r}") from err
+    fields, required = init_fields(cls)
+    given = {k for k in model.keys() if not str(k).startswith("_")}
+    if extra := sorted(given - fields):
+        raise ValueError(
+            f"model.{extra[0]} is not a field of {model._target_} (the model chosen by model=...); its fields: "
+            f"{sorted(fields)}. An experiment config made for another model sets it, or a config file misspells it"
+        )
+    if missing := sorted(required - given):
+        raise ValueError(f"model.{missing[0]} must be set: {model._target_} takes no default for it")
+
+
+def _check_optimizer(field: str, entry: Any) -> None:
+    """An optimizer entry builds an optimizer: a ``_partial_`` ``_target_`` whose arguments the class takes (its
+    first use was inside ``trainer.fit``, with messages that named no field)."""
+    if not isinstance(entry, dict) or "_target_" not in entry or entry.get("_partial_") is not True:
+        raise ValueError(
+            f"{field} must be an optimizer entry with _target_ (e.g. torch.optim.Adam) and _partial_: true, "
+            f"got {entry!r}"
+        )
+    try:
+        hydra.utils.instantiate(entry)([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        raise ValueError(f"{field} cannot build its optimizer ({entry['_target_']}): {err}") from err
+
+
+def check_built(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """The checks that need the built model, still before the Trainer exists: Lightning's gradient clipping
+    and accumulation apply to automatic optimisation only; with a model that optimises by hand (the AAE) the
+    fit stopped at its start with Lightning's MisconfigurationException."""
+    if getattr(model, "automatic_optimization", True):
+        return
+    clip, accumulate = _value(cfg, "trainer.gradient_clip_val"), _value(cfg, "trainer.accumulate_grad_batches")
+    if clip not in (_ABSENT, None, 0, 0.0):
+        raise ValueError(
+            f"trainer.gradient_clip_val must be null or 0 for {type(model).__name__}, which optimises by hand "
+            f"(three optimisers a batch), got {clip!r}"
+        )
+    if accumulate not in (_ABSENT, 1):
+        raise ValueError(
+            f"trainer.accumulate_grad_batches must be 1 for {type(model).__name__}, which optimises by hand, "
+            f"got {accumulate!r}"
         )

@@ -163,6 +163,7 @@ def test_bad_hyperparameters_exit_non_zero_before_training(override, message, tm
         [sys.executable, "-m", "infocatvae.train", override, f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={tmp_path}"],
         capture_output=True,
         text=True,
+        timeout=180,
     )
     assert out.returncode != 0
     assert message in out.stderr

@@ -3,6 +3,8 @@ before training (exit code, status.json, no checkpoint written) is checked in te
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -41,16 +43,16 @@ def refused(name: str, overrides: list[str]) -> str:
         ("model.K=ten", "model.K must be an integer >= 1, got 'ten'"),
         ("model.K=null", "model.K must be an integer >= 1, got None"),
         ("model.delta=0", "model.delta must be an integer >= 1"),
-        ("model.lam=-1", "model.lam must be a number >= 0"),
-        ("model.lam=abc", "model.lam must be a number >= 0"),
+        ("model.lam=-1", "model.lam must be a finite number >= 0"),
+        ("model.lam=abc", "model.lam must be a finite number >= 0"),
         ("model.lam=???", "model.lam must be set (it is ???)"),
-        ("model.beta_cat=-1", "model.beta_cat must be a number >= 0"),
-        ("model.beta_cont=-0.5", "model.beta_cont must be a number >= 0"),
-        ("model.beta_info=-3", "model.beta_info must be a number >= 0"),
-        ("model.beta_marginal=-1", "model.beta_marginal must be a number >= 0"),
+        ("model.beta_cat=-1", "model.beta_cat must be a finite number >= 0"),
+        ("model.beta_cont=-0.5", "model.beta_cont must be a finite number >= 0"),
+        ("model.beta_info=-3", "model.beta_info must be a finite number >= 0"),
+        ("model.beta_marginal=-1", "model.beta_marginal must be a finite number >= 0"),
         ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs must be an integer >= 0"),
         ("model.kl_warmup_steps=2.5", "model.kl_warmup_steps must be an integer >= 0"),
-        ("model.optimizer.lr=0", "model.optimizer.lr must be a number > 0"),
+        ("model.optimizer.lr=0", "model.optimizer.lr must be a finite number > 0"),
         ("model.recon=hard", "model.recon must be one of ['marginal', 'soft'], got 'hard'"),
         ("model.info_loss=mse", "model.info_loss must be one of ['ce', 'ce_on_probs']"),
         ("model.info_per_category=0", "model.info_per_category must be null or an integer >= 1"),
@@ -83,6 +85,17 @@ def refused(name: str, overrides: list[str]) -> str:
             "net=gru model.net.decoder.style=authors",
             "model.net.decoder.style must be one of ['table3', 'authors_code'], got 'authors'",
         ),
+        ("model.lam=inf", "model.lam must be a finite number >= 0, got inf"),
+        ("model.optimizer.lr=inf", "model.optimizer.lr must be a finite number > 0, got inf"),
+        ("trainer.precision=bf16-true", "trainer.precision must be one of ['32-true', 'bf16-mixed', '16-mixed']"),
+        (
+            "model.optimizer._target_=torch.optim.RMSprop",
+            "model.optimizer cannot build its optimizer (torch.optim.RMSprop): ",  # the shipped entry's fused: true
+        ),
+        (
+            "model.optimizer._partial_=false",
+            "model.optimizer must be an optimizer entry with _target_ (e.g. torch.optim.Adam) and _partial_: true",
+        ),
         (
             "model.kl_warmup_epochs=5 model.kl_warmup_steps=100",
             "model.kl_warmup_epochs and model.kl_warmup_steps cannot both be > 0, got 5 and 100",
@@ -100,23 +113,91 @@ def test_bad_training_values_name_field_rule_and_value(override, message):
         ("catvae_free", "model.learn_prior_logvar=2", "model.learn_prior_logvar must be true or false, got 2"),
         ("aae", "model.d=0", "model.d must be an integer >= 1"),
         ("aae", "model.disc_layers=-1", "model.disc_layers must be an integer >= 0"),
-        ("aae", "model.disc_noise=-0.1", "model.disc_noise must be a number >= 0, got -0.1"),
+        ("aae", "model.disc_noise=-0.1", "model.disc_noise must be a finite number >= 0, got -0.1"),
         ("aae", "model.net.encoder.layers=0", "model.net.encoder.layers must be an integer >= 1, got 0"),
         ("catvae", "model.net.decoder.layers=1.5", "model.net.decoder.layers must be an integer >= 1, got 1.5"),
         (
             "aae",
             "model.gen_optimizer={_target_:torch.optim.SGD,_partial_:true,lr:-1}",
-            "model.gen_optimizer.lr must be a number > 0, got -1",
+            "model.gen_optimizer.lr must be a finite number > 0, got -1",
         ),
         (
             "aae",
             "model.disc_optimizer={_target_:torch.optim.Adam,_partial_:true,lr:0}",
-            "model.disc_optimizer.lr must be a number > 0, got 0",
+            "model.disc_optimizer.lr must be a finite number > 0, got 0",
         ),
     ],
 )
 def test_fields_of_one_model_are_checked_where_they_exist(model, override, message):
     assert message in refused("train", [f"model={model}", override])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        # an experiment config made for another model: Hydra's instantiate failed with a TypeError naming no field
+        (["experiment=infocatvae_clustering", "model=aae"], "model.beta_cat is not a field of infocatvae.models.AAE"),
+        (["experiment=aae_clustering", "model=catvae"], "model.d is not a field of infocatvae.models.CatVAE"),
+        (["model=aae", "model.gen_optimizer={lr:1e-3}"], "model.gen_optimizer must be an optimizer entry with"),
+    ],
+)
+def test_a_field_the_model_does_not_take_is_refused_by_name(overrides, message):
+    assert message in refused("train", overrides)
+
+
+def test_model_fields_follow_the_init_chain():
+    """InfoCatVAE's fields are its own and CatVAE's (its ``**kwargs``); every shipped model config gives exactly
+    the fields its class takes, none missing."""
+    from infocatvae.models import AAE, CatVAE, InfoCatVAE
+    from infocatvae.models.base import init_fields
+
+    info, _ = init_fields(InfoCatVAE)
+    catvae, required = init_fields(CatVAE)
+    assert catvae < info and {"beta_info", "info_loss", "lam", "delta"} <= info and "d" not in info
+    assert "d" in init_fields(AAE)[0] and required == catvae  # the classes take no defaults
+    for model in MODELS:
+        cfg = composed("train", [f"model={model}"])
+        fields, required = init_fields(hydra_class(cfg.model._target_))
+        given = {k for k in cfg.model if not k.startswith("_")}
+        assert required <= given <= fields, model
+
+
+def hydra_class(target: str):
+    import hydra.utils
+
+    return hydra.utils.get_class(target)
+
+
+@pytest.mark.parametrize(
+    "overrides,refusal",
+    [
+        (["model=aae", "trainer.gradient_clip_val=0.5"], "trainer.gradient_clip_val must be null or 0 for AAE"),
+        (["model=aae", "trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches must be 1 for AAE"),
+        (["model=aae", "trainer.gradient_clip_val=0"], None),
+        (["model=catvae", "trainer.gradient_clip_val=0.5", "trainer.accumulate_grad_batches=2"], None),
+    ],
+)
+def test_lightnings_clipping_and_accumulation_are_refused_for_a_model_that_optimises_by_hand(overrides, refusal):
+    """Lightning applies them in automatic optimisation only; the AAE's fit stopped at its start with
+    Lightning's MisconfigurationException."""
+    import hydra.utils
+
+    cfg = composed("train", overrides)
+    validation.check(cfg)
+    model = hydra.utils.instantiate(cfg.model)
+    if refusal is None:
+        validation.check_built(cfg, model)
+    else:
+        with pytest.raises(ValueError, match=refusal):
+            validation.check_built(cfg, model)
+
+
+def test_every_experiment_config_passes():
+    """Each shipped experiment gives its model only fields the model takes (and values its rules allow)."""
+    from pathlib import Path
+
+    for path in sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml")):
+        validation.check(composed("train", [f"experiment={path.stem}"]))
 
 
 @pytest.mark.parametrize(
@@ -128,7 +209,7 @@ def test_fields_of_one_model_are_checked_where_they_exist(model, override, messa
         ("kde.bandwidths=[0.1,-1]", "kde.bandwidths must be a non-empty list of numbers > 0, got [0.1, -1]"),
         ("kde.bandwidths=[]", "kde.bandwidths must be a non-empty list of numbers > 0, got []"),
         ("parzen.bandwidths=abc", "parzen.bandwidths must be a non-empty list of numbers > 0, got 'abc'"),
-        ("reader.lr=0", "reader.lr must be a number > 0"),
+        ("reader.lr=0", "reader.lr must be a finite number > 0"),
         ("reader.epochs=0", "reader.epochs must be an integer >= 1"),
         ("reader.n_per_category=0", "reader.n_per_category must be an integer >= 1"),
         ("n_generated=0", "n_generated must be an integer >= 1"),
@@ -178,3 +259,56 @@ def test_every_rule_names_a_field_of_a_shipped_config():
     configs.append(composed("train", ["model=aae", f"model.gen_optimizer={adam}", f"model.disc_optimizer={adam}"]))
     stale = [f for f in validation.RULES if all(validation._value(c, f) is validation._ABSENT for c in configs)]
     assert not stale
+
+
+def tiny_run(run_dir, overrides: list[str]):
+    """The train config of a tiny run (tests/helpers.TINY) on the real data, writing into ``run_dir``."""
+    from tests.helpers import DATA_DIR, TINY
+
+    cfg = composed("train", [*TINY, f"paths.data_dir={DATA_DIR}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (["model=catvae", "callbacks.model_checkpoint.monitor=val/los"], "callbacks.model_checkpoint.monitor"),
+        # the AAE with K = 1 has no categories to score
+        (["model=aae", "model.K=1", "callbacks.model_checkpoint.monitor=val/cluster_acc"], "model_checkpoint"),
+    ],
+)
+def test_a_monitored_metric_the_model_does_not_log_is_refused_before_training(tmp_path, overrides, field):
+    """Lightning's own error came at the first epoch's end, with that epoch lost: now after the sanity check's
+    validation batches, naming the field and what the model logs; no training step, no checkpoint."""
+    from infocatvae.train import train
+
+    with pytest.raises(ValueError, match=rf"{field}.* must name a metric that \w+ logs, got .*; it logs \['val/"):
+        train(tiny_run(tmp_path, overrides))
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert json.loads((tmp_path / "status.json").read_text())["step"] == 0
+
+
+def test_monitored_fields_are_the_callbacks_monitors_and_the_swept_metric():
+    """``optimized_metric`` is checked only where a sweeper optimises it (no Hydra here: none)."""
+    from infocatvae.train import monitored_fields
+
+    cfg = composed("train", ["model=aae", "model.K=1"])
+    assert monitored_fields(cfg) == {"callbacks.model_checkpoint.monitor": "val/loss"}
+
+
+def test_a_refused_rerun_leaves_the_record_of_the_run_in_its_folder(tmp_path):
+    """A finished run run again with a bad value (``test=maybe``: the same folder, as ``test`` is not part of
+    its name) is refused, and its status.json still says completed, with its metrics."""
+    from infocatvae.train import train
+
+    record = {"status": "completed", "max_epochs": 1, "epoch": 1, "metrics": {"val/loss": 1.0}}
+    (tmp_path / "status.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="test must be true or false"):
+        train(tiny_run(tmp_path, ["test=maybe"]))
+    assert json.loads((tmp_path / "status.json").read_text()) == record
+    # in a fresh folder the refusal is recorded, so that a sweep's summary shows it
+    with pytest.raises(ValueError):
+        train(tiny_run(tmp_path / "fresh", ["test=maybe"]))
+    assert json.loads((tmp_path / "fresh" / "status.json").read_text())["status"] == "failed"

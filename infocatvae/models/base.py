@@ -14,6 +14,7 @@ and its loss terms in ``losses``. The public API, the same on every model:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -40,6 +41,22 @@ class Encoding(NamedTuple):
     q_c: torch.Tensor  # (B, K): q(c|x)
     mu: torch.Tensor  # (B, K, d): the mean of q(z|x, c) for each category
     logvar: torch.Tensor | None  # (B, K, d), or None for a deterministic code (the AAE)
+
+
+def init_fields(cls: type) -> tuple[set[str], set[str]]:
+    """The hyperparameters a model class takes: (every keyword argument, those without a default), through the
+    ``__init__`` chain that passes ``**kwargs`` on (InfoCatVAE's to CatVAE's)."""
+    fields, required = set(), set()
+    for klass in cls.__mro__:
+        if "__init__" not in klass.__dict__:
+            continue
+        params = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]  # not self
+        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        fields |= {p.name for p in named}
+        required |= {p.name for p in named if p.default is p.empty}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return fields, required
 
 
 class BaseModel(L.LightningModule):
