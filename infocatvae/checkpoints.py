@@ -32,13 +32,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint that does not exist, cannot be read, or holds another model."""
 
 
-def logger_step(ckpt: dict) -> int:
-    """A checkpoint's place on its training curves: the x of its last trained batch. Lightning logs the scalars
-    at the count of batches trained before (``_batches_that_stepped``: 0 for the first, the epoch's last batch
-    for the epoch-end and validation values), not at ``global_step``, which counts each of the AAE's three
-    optimiser steps. A checkpoint without loops (written by hand) is placed by its ``global_step``."""
+def batches_trained(ckpt: dict) -> int:
+    """The training batches a checkpoint holds (Lightning's ``_batches_that_stepped``), the count at which Lightning
+    logs the next batch's scalars; not ``global_step``, which counts each of the AAE's three optimiser steps. A
+    checkpoint without loops (written by hand): its ``global_step``."""
     loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return max(int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0))) - 1, 0)
+    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+
+
+def logger_step(ckpt: dict) -> int:
+    """A checkpoint's place on its training curves: the x of its last trained batch (Lightning logs a batch's
+    scalars at the count of those before it, and the epoch-end and validation values at the epoch's last)."""
+    return max(batches_trained(ckpt) - 1, 0)
 
 
 def read_checkpoint(path: str | Path) -> dict:

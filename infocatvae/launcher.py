@@ -15,3 +15,4 @@ def register_local_launcher() -> None:
     from hydra_plugins.infocatvae_launcher import local_launcher
 
     plugins.register(local_launcher.ThrottledLocalLauncher)
+    plugins.register(local_launcher.ReportingSlurmLauncher)

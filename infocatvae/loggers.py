@@ -9,7 +9,8 @@ continue too:
 - :class:`MLFlowLogger`: the MLflow run id is kept in ``<run folder>/mlflow_run_id``; a resumed job
   logs into that run.
 - :class:`WandbLogger`: a W&B run id is made once per run folder and kept in ``<run folder>/wandb_run_id``;
-  a resumed job passes it with ``resume="allow"`` (offline runs of the same id sync into one W&B run).
+  a resumed job passes it with ``resume="allow"``. Offline, each attempt is a part of its own under that id,
+  whose ``_step`` starts at 0 again: syncing them may keep only the last part's history (README).
 
 MLflow and W&B are optional dependencies (``pip install 'infocatvae[mlflow]'``, ``'infocatvae[wandb]'``):
 without them these loggers raise an ImportError naming the extra, before any training.
@@ -63,6 +64,23 @@ def read_scalars(run_dir: Path, tags: Iterable[str] | None = None) -> dict[str, 
     acc.Reload()
     logged = acc.Tags()["scalars"]
     return {tag: acc.Scalars(tag) for tag in (logged if tags is None else tags) if tag in logged}
+
+
+def resume_curves_at(logger_cfg: Any, step: int) -> Any:
+    """``logger_cfg`` (the ``logger`` group) with each TensorBoard logger's ``purge_step`` set to ``step``, the
+    batches the resumed checkpoint holds: TensorBoard then drops the points a killed job logged after that
+    checkpoint (training logs them again), as the CSV logger drops its rows. Without it the curves held two
+    points at those steps."""
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    if not isinstance(logger_cfg, DictConfig) or step <= 0:
+        return logger_cfg
+    logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))  # a copy, resolved in place
+    for entry in logger_cfg.values():
+        if isinstance(entry, DictConfig) and str(entry.get("_target_", "")).endswith("TensorBoardLogger"):
+            with open_dict(entry):
+                entry.purge_step = step
+    return logger_cfg
 
 
 def read_run_id(path: Path) -> str | None:
@@ -201,8 +219,9 @@ class MLFlowLogger(pl_loggers.MLFlowLogger):
 # ---- Weights & Biases ----------------------------------------------------------------------------
 class WandbLogger(pl_loggers.WandbLogger):
     """Lightning's WandbLogger with a run id kept in ``<run_dir>/wandb_run_id`` and ``resume="allow"``,
-    so that a resumed job continues the same W&B run (offline: each resumed job adds an
-    ``offline-run-*-<id>`` folder under ``<run_dir>/wandb``; ``wandb sync`` uploads them into one run).
+    so that a resumed job continues the same W&B run online (offline: each resumed job adds an
+    ``offline-run-*-<id>`` folder under ``<run_dir>/wandb``, whose ``_step`` starts at 0 again; syncing the
+    parts of one id may keep only the last part's history: W&B issues 3841, 5865).
 
     Args:
         run_dir: the job's folder; ``save_dir`` too unless given.

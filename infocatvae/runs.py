@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
@@ -154,8 +155,10 @@ class JobStatus:
         self.started = False
 
     def running(self, **fields: Any) -> None:
+        """The job has started: the record of an earlier attempt (its metrics, epoch and step) is cleared, so
+        that a failed, killed or running attempt is never ranked by the scores of the one before it."""
         self.started = True
-        write_status(self.run_dir, status="running", error=None, **fields)
+        write_status(self.run_dir, status="running", error=None, metrics={}, epoch=None, step=None, **fields)
 
     def __enter__(self) -> JobStatus:
         return self
@@ -203,6 +206,25 @@ def check_output_dir(run_dir: Path) -> None:
         )
 
 
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a job holds ``run_dir``'s lock now (``RunLock``): a shared ``flock`` tried without waiting, and
+    released at once. A folder whose status.json says running and that no job holds was killed (SIGKILL, out of
+    memory, a lost node), as nothing else leaves that record behind."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """One owner per run folder: an exclusive ``flock`` on ``<run>/.lock``, held for the whole job.
 
@@ -230,8 +252,9 @@ class RunLock:
                 f"the run folder {self.path.parent} is in use by another job (process {holder}); wait for it "
                 f"to end or stop it, or choose another folder with hydra.run.dir=<folder>"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
+        os.pwrite(fd, holder, 0)  # then the tail of a longer line before it: never an empty file to a reader
+        os.ftruncate(fd, len(holder))
         self.fd = fd
         return self
 
@@ -240,3 +263,29 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+class OneFolderPerJob(Callback):
+    """Hydra callback: refuses, before any job starts, a multirun that sweeps a key left out of the job folders'
+    names (``hydra.job.config.override_dirname.exclude_keys``: ``trainer.max_epochs``, ``ckpt_path``, ``test``,
+    ``logger``, ...), whose values would all train in one folder: one job resumed or skipped the other's run,
+    or, run side by side, was refused as the folder was busy. Command-line sweeps and the Optuna sweeper's
+    ``params`` are both read."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
+        swept = [
+            o.key_or_group
+            for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+            if o.is_sweep_override()
+        ]
+        swept += [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+        if clash := sorted({k.lstrip("+~") for k in swept} & excluded):
+            # SystemExit: Hydra turns a callback's Exception into a warning and goes on with the sweep
+            raise SystemExit(
+                f"{clash[0]} takes several values in this sweep, but the job folders are not named by it "
+                f"(hydra.job.config.override_dirname.exclude_keys): every value would train in the same folder. "
+                f"Run one sweep per value (with its own sweep_name=...), or sweep another key"
+            )

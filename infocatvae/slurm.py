@@ -117,5 +117,6 @@ class SqueueWhenNoSacct(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         target = str(config.hydra.launcher.get("_target_", ""))
-        if target.endswith("submitit_launcher.SlurmLauncher"):
+        # submitit's SlurmLauncher, or hydra/launcher=slurm's ReportingSlurmLauncher (hydra_plugins/infocatvae_launcher)
+        if target.endswith("SlurmLauncher"):
             install()

@@ -3,9 +3,9 @@
 
 Each job folder of the sweep (any folder below it holding ``status.json`` or
 ``.hydra/overrides.yaml``) gives one row: its overrides (one column per swept key), its status
-(completed, failed, interrupted, running, or "not started"), its final validation metrics and,
-for a failed job, its error. The table is printed as Markdown and written to ``summary.md`` and
-``summary.csv`` in the sweep folder.
+(completed, failed, interrupted, running, killed: running in its status.json but held by no job,
+or "not started"), its final validation metrics and, for a failed job, its error. The table is printed
+as Markdown and written to ``summary.md`` and ``summary.csv`` in the sweep folder.
 
 Seeds: jobs that differ only in ``seed`` (or, with ``--group-by KEY,...``, that share the values
 of those override keys) form a group, and a second table gives per group the number of jobs, the
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from infocatvae.runs import STATUS_FILE, read_status
+from infocatvae.runs import STATUS_FILE, is_locked, read_status
 
 METRIC_ORDER = (
     "val/loss",
@@ -85,6 +85,12 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         row["status"] = "unknown"
         row["error"] = f"unreadable status.json: {err}"
+    if row["status"] == "running" and not is_locked(job_dir):
+        row["status"] = "killed"
+        status["error"] = status.get("error") or (
+            "status.json says running, but no job holds the folder: killed (SIGKILL, out of memory, a lost node); "
+            "its command resumes it from last.ckpt"
+        )
     row["epoch"] = status.get("epoch")
     for key, value in (status.get("metrics") or {}).items():
         if key.startswith(("val/", "test/")):

@@ -27,13 +27,16 @@ from infocatvae.callbacks import EpochSeed, MonitoredMetrics
 from infocatvae.checkpoints import (
     STARTED_FROM,
     AtomicCheckpointIO,
+    batches_trained,
     check_starting_point,
     order_checkpoint_callbacks,
+    read_checkpoint,
     resolve_checkpoint,
     starting_point,
 )
 from infocatvae.config import CONFIG_DIR, instantiate_all
 from infocatvae.launcher import register_local_launcher
+from infocatvae.loggers import resume_curves_at
 from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, last_ckpt, read_status
 
 log = logging.getLogger(__name__)
@@ -217,7 +220,10 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         validation.check_built(cfg, model)
         has_own_last = last_ckpt(run_dir).exists()
         ckpt_path = resolve_checkpoint(cfg, run_dir, model)
-        callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
+        logger_cfg = cfg.get("logger")
+        if ckpt_path:  # the curves go on from the checkpoint: what a killed job logged after it is dropped
+            logger_cfg = resume_curves_at(logger_cfg, batches_trained(read_checkpoint(ckpt_path)))
+        callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(logger_cfg)
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
         callbacks.append(MonitoredMetrics(monitored_fields(cfg)))

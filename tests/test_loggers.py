@@ -195,6 +195,24 @@ def test_csv_and_mlflow_resume_into_the_same_run(tmp_path, monkeypatch):
     assert sorted({m.value for m in client.get_metric_history(run_id, "epoch")}) == [0.0, 1.0]
 
 
+def test_tensorboard_drops_what_a_killed_job_logged_after_its_checkpoint(tmp_path):
+    """A job killed after its checkpoint had logged later steps; the resumed job logs them again. TensorBoard's
+    ``purge_step`` (the checkpoint's batches) drops the killed job's: each step once, the resumed job's values."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from infocatvae.loggers import read_scalars
+
+    run = tmp_path / "run"
+    _train(run, 1)  # 3 batches: steps 0, 1, 2; last.ckpt holds 3 batches
+    with SummaryWriter(str(run / "tensorboard")) as killed:  # what the killed job wrote after it
+        for step in (3, 4):
+            killed.add_scalar("train/loss_step", 9999.0, step)
+    _train(run, 2)
+    events = read_scalars(run, ["train/loss_step"])["train/loss_step"]
+    assert [e.step for e in events] == [0, 1, 2, 3, 4, 5]
+    assert all(e.value < 9999.0 for e in events)
+
+
 def logged(path: Path, needle: bytes, timeout: float = 30) -> bool:
     """Whether W&B's offline transaction log holds ``needle``; its service may still be writing it
     when ``wandb.finish()`` returns."""

@@ -178,3 +178,32 @@ def test_sort_puts_small_losses_and_large_scores_first_by_default(metric, best_f
     # --ascending / --descending turn it round; jobs without the metric stay last
     flipped = [r["job"] for r in summarize.sort_rows(rows, metric, best_first)]
     assert flipped == [*order[:2][::-1], "missing"]
+
+
+def test_a_job_recorded_running_that_no_process_holds_is_reported_killed(tmp_path):
+    """status.json says running after a SIGKILL (nothing can record it): the folder's lock, which the kernel drops
+    with the process, tells a killed job from a running one."""
+    from infocatvae.runs import RunLock
+
+    job = write_job(tmp_path, "job", ["model.lam=1"], status="running")
+    with RunLock(job):
+        assert summarize.read_job(job)["status"] == "running"
+    row = summarize.read_job(job)
+    assert row["status"] == "killed" and "resumes it from last.ckpt" in row["error"]
+
+
+def test_a_new_attempt_clears_the_results_of_the_one_before(tmp_path):
+    """A run extended, or run again after a failure, is not ranked by the earlier attempt's scores while it runs,
+    nor after it fails."""
+    from infocatvae.runs import JobStatus, read_status
+
+    with JobStatus(tmp_path) as job:
+        job.running(max_epochs=1)
+        job.metrics = {"val/cluster_acc": 0.9}
+    assert read_status(tmp_path)["metrics"] == {"val/cluster_acc": 0.9}
+    with pytest.raises(RuntimeError), JobStatus(tmp_path) as job:
+        job.running(max_epochs=2)
+        assert read_status(tmp_path)["metrics"] == {}
+        raise RuntimeError("out of memory")
+    status = read_status(tmp_path)
+    assert status["status"] == "failed" and status["metrics"] == {} and status["max_epochs"] == 2

@@ -214,3 +214,40 @@ def test_local_sweep_runs_at_most_max_jobs_at_once(tmp_path):
     windows.sort()
     for (_, end), (start, _) in zip(windows, windows[1:]):
         assert start > end, windows
+
+
+def test_a_killed_job_is_a_failed_job_not_the_end_of_the_sweep(tmp_path):
+    """A submitit job that ends without a result (SIGKILL: out of memory, scancel) is reported as a failed
+    JobReturn; submitit's UncompletedJobError had ended the sweep, or the Optuna study, at the first one."""
+    import signal
+
+    import submitit
+    from hydra.core.utils import JobStatus
+
+    from hydra_plugins.infocatvae_launcher.local_launcher import job_result
+
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="local")
+    executor.update_parameters(timeout_min=1)
+    killed = executor.submit(_kill_self, signal.SIGKILL)
+    done = executor.submit(int, "7")
+    ret = job_result(killed, ["model.lam=1"])
+    assert ret.status == JobStatus.FAILED and ret.overrides == ["model.lam=1"]
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        _ = ret.return_value  # the sweeper reads the error from it, as from any failed job
+    assert job_result(done, []) == 7  # a job's own result passes through unchanged
+
+
+def _kill_self(sig: int) -> None:
+    import os
+
+    os.kill(os.getpid(), sig)
+
+
+def test_a_sweep_over_a_key_left_out_of_the_folder_names_is_refused_before_any_job(tmp_path):
+    """``trainer.max_epochs=1,2``: both values would train in one folder; refused with the key named, nothing run."""
+    res = entry("infocatvae.train", "-m", *TINY, "trainer.max_epochs=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert res.returncode != 0
+    assert "trainer.max_epochs takes several values in this sweep, but the job folders are not named by it" in (
+        res.stderr + res.stdout
+    )
+    assert not list(tmp_path.rglob("status.json"))

@@ -1,4 +1,6 @@
-"""``hydra/launcher=local``: submitit's local launcher, at most ``max_jobs`` jobs at once.
+"""``hydra/launcher=local``: submitit's local launcher, at most ``max_jobs`` jobs at once; and
+``hydra/launcher=slurm`` (``slurm_cpu``): submitit's SLURM launcher. Both report a job killed without a result
+as a failed job (``job_result``).
 
 submitit's local executor starts every job of a sweep at once (it has no ``array_parallelism``:
 that is a SLURM array setting, and ``hydra_submitit_launcher`` hands the whole sweep to
@@ -27,9 +29,9 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,52 @@ def run_throttled(submit: Callable[..., Any], args: Sequence[tuple], limit: int,
     return jobs
 
 
+def job_result(job: Any, overrides: Sequence[str]) -> JobReturn:
+    """``job``'s JobReturn. A job that ended without one (killed: SIGKILL, out of memory, scancel, a lost node,
+    its time limit after the last requeue) is a failed job like one that raised: submitit's
+    UncompletedJobError had ended the whole sweep at the first such job, unreported jobs and an Optuna study
+    (whose ``max_failure_rate`` counts failed trials) with it."""
+    try:
+        return job.results()[0]
+    except Exception as err:  # submitit's UncompletedJobError, FailedJobError
+        log.error(f"job {job.job_id} ({' '.join(filter_overrides(overrides))}) ended without a result: {err}")
+        ret = JobReturn(overrides=list(overrides))
+        ret.status = JobStatus.FAILED
+        ret._return_value = err
+        return ret
+
+
+def make_executor(launcher: Any) -> Any:
+    """The submitit executor of ``launcher`` with its parameters, as hydra-submitit-launcher's
+    ``BaseSubmititLauncher.launch`` builds it, and the sweep folder made."""
+    import submitit  # lazily, as the base class: plugin discovery stays fast
+
+    init_keys = {"max_num_timeout", "submitit_folder"}
+    executor = submitit.AutoExecutor(
+        cluster=launcher._EXECUTOR,
+        folder=launcher.params["submitit_folder"],
+        **{f"{launcher._EXECUTOR}_{k}": v for k, v in launcher.params.items() if k == "max_num_timeout"},
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(
+        **{k if k in base else f"{launcher._EXECUTOR}_{k}": v for k, v in launcher.params.items() if k not in init_keys}
+    )
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if "mode" in launcher.config.hydra.sweep:
+        os.chmod(sweep_dir, mode=int(str(launcher.config.hydra.sweep.mode), 8))
+    return executor
+
+
+def job_args(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[tuple]:
+    """Each job's arguments to the launcher's ``__call__``, logged as the base class does."""
+    args = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    return args
+
+
 @dataclass
 class ThrottledLocalQueueConf(LocalQueueConf):
     _target_: str = "hydra_plugins.infocatvae_launcher.local_launcher.ThrottledLocalLauncher"
@@ -92,25 +140,33 @@ class ThrottledLocalLauncher(submitit_launcher.LocalLauncher):
         self.max_jobs = max_jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit  # lazily, as the base class: plugin discovery stays fast
-
         assert self.config is not None
         limit = job_limit(self.max_jobs, self.params.get("cpus_per_task"))
-        # The executor and its parameters as BaseSubmititLauncher.launch builds them (local: no init keys).
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"])
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(
-            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k != "submitit_folder"}
-        )
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if "mode" in self.config.hydra.sweep:
-            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        log.info(f"Submitit 'local' sweep output dir : {sweep_dir} ({limit} job(s) at once)")
-        job_args = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            job_args.append((self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        jobs = run_throttled(executor.submit, job_args, limit)
-        # Every job has ended: a failed one raises here, after the others ran (as with the base launcher).
-        return [j.results()[0] for j in jobs]
+        executor = make_executor(self)
+        log.info(f"Submitit 'local' sweep output dir : {self.config.hydra.sweep.dir} ({limit} job(s) at once)")
+        args = [(self, *a) for a in job_args(self, job_overrides, initial_job_idx)]
+        jobs = run_throttled(executor.submit, args, limit)
+        # Every job has ended; a failed or killed one is a failed JobReturn, which the sweeper reports.
+        return [job_result(j, o) for j, o in zip(jobs, job_overrides)]
+
+
+@dataclass
+class ReportingSlurmQueueConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.infocatvae_launcher.local_launcher.ReportingSlurmLauncher"
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="submitit_slurm_reporting", node=ReportingSlurmQueueConf, provider="infocatvae"
+)
+
+
+class ReportingSlurmLauncher(submitit_launcher.SlurmLauncher):
+    """hydra-submitit-launcher's ``SlurmLauncher`` (one job array) whose killed jobs are failed jobs
+    (``job_result``)."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        executor = make_executor(self)
+        log.info(f"Submitit 'slurm' sweep output dir : {self.config.hydra.sweep.dir}")
+        jobs = executor.map_array(self, *zip(*job_args(self, job_overrides, initial_job_idx)))
+        return [job_result(j, o) for j, o in zip(jobs, job_overrides)]
