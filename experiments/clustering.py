@@ -8,7 +8,7 @@ with the class-conditional samples of the preset's best seed (chosen on validati
     python experiments/clustering.py --epochs 10 --seeds 0 1 2 --rows clustering_mnist aae_clustering_k16
 
 A run found completed is reused (its folder is
-<log-dir>/experiments/clustering/<row>[_<trainer>]_e<epochs>[_b<batches>]/seed<S>);
+<log-dir>/experiments/clustering/<row>_e<epochs>[_b<batches>]/seed<S>, whichever --trainer);
 an interrupted one resumes from its last.ckpt, as any run of the framework.
 """
 
@@ -76,8 +76,10 @@ def parse_args():
 
 
 def row_folder(row: str, args) -> str:
-    """``<row>[_<trainer>]_e<epochs>[_b<batches>]``: runs of other lengths or trainers are other runs."""
-    return common.run_name(row, args, args.trainer or "")
+    """``<row>_e<epochs>[_b<batches>]``: runs of other lengths are other runs. The trainer (cpu, gpu) is how a
+    run trains, not what: a completed run is reused whichever ``--trainer`` asks (the results file records the
+    command), as the recorded results' own command (``--trainer cpu``) finds its runs."""
+    return common.run_name(row, args)
 
 
 def train(row: str, seed: int, args) -> tuple[Path, dict, float | None]:

@@ -221,18 +221,19 @@ class MonitoredMetrics(L.Callback):
     batches have logged the run's ``val/`` metrics and before the first training batch: ``fields`` maps each
     config field to its metric (``callbacks.model_checkpoint.monitor``: ``val/loss``). Lightning's own error
     for a checkpoint's ``monitor`` came at the first epoch's end, and that epoch was lost. A ``test/`` metric is
-    checked by its ``val/`` name (the two stages log the same names). With ``trainer.num_sanity_val_steps=0``
-    nothing is checked here."""
+    checked by its ``val/`` name (the two stages log the same names); other names (``train/loss_epoch``,
+    ``step``) are left to Lightning. With ``trainer.num_sanity_val_steps=0`` nothing is checked here."""
 
     def __init__(self, fields: dict[str, str]) -> None:
         self.fields = fields
 
     def on_sanity_check_end(self, trainer, pl_module) -> None:
         logged = set(trainer.callback_metrics)  # rank 0's: the clustering scores are logged there only
+        # only the validation (and test) names are known here; a train/ name, step or epoch is Lightning's to check
         missing = [
             (field, metric)
             for field, metric in self.fields.items()
-            if "val/" + metric.removeprefix("test/").removeprefix("val/") not in logged
+            if metric.startswith(("val/", "test/")) and "val/" + metric.split("/", 1)[1] not in logged
         ]
         missing = trainer.strategy.broadcast(missing, src=0)  # every process stops, or none
         if missing:

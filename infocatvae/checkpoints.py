@@ -77,8 +77,9 @@ def model_from(ckpt: dict, path: str | Path) -> BaseModel:
     one was removed) still loads: missing fields take the shipped config's defaults (conf/model, conf/net)
     and fields the class no longer takes are dropped, both logged."""
     cls = hydra.utils.get_class(ckpt[MODEL_KEY])
-    fields = init_fields(cls)[0]
     stored = ckpt.get("hyper_parameters", {})
+    fields = init_fields(cls)
+    fields = set(stored) if fields is None else fields  # a class whose signatures do not tell: all it stored
     hparams = {k: v for k, v in stored.items() if k in fields}
     if dropped := sorted(set(stored) - fields):
         log.info("%s: ignoring stored fields that %s no longer takes: %s", path, cls.__name__, dropped)
@@ -121,7 +122,7 @@ def _completed(hparams: Mapping, cls: type) -> dict:
     (which keep the behaviour from before each field existed), as ``model_from`` builds it."""
     encoder = (hparams.get("net") or {}).get("encoder", {}).get("_target_")
     defaults = model_defaults(cls, encoder) or {}
-    fields = init_fields(cls)[0]
+    fields = init_fields(cls) or set()
     return _deep_merge({k: v for k, v in defaults.items() if k in fields}, hparams)
 
 

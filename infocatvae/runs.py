@@ -141,9 +141,10 @@ class JobStatus:
 
     On leaving: ``completed`` with ``job.metrics``, else ``failed`` (or ``interrupted`` for Ctrl-C and
     signals) with the error, and the trainer's epoch and step once ``job.trainer`` is set, so that a sweep's
-    summary shows every job's outcome. A job refused before it started (a bad value, a model that cannot be
-    built: before ``job.running``) is recorded only in a folder that holds no run yet: the record of a run
-    the folder holds (a finished one, say, run again with a typo) stays as it was. Lightning's SIGTERM exit
+    summary shows every job's outcome. A config refused before the job started (a ValueError before
+    ``job.running``: a bad value) is recorded only in a folder that holds no run yet: the record of a run the
+    folder holds (a finished one, say, run again with a typo) stays as it was. Any other failure (a corrupt
+    checkpoint, missing data) is recorded. Lightning's SIGTERM exit
     (SystemExit(None): status 0) leaves as exit status 128 + SIGTERM, so that a scheduler sees the job did not
     finish.
     """
@@ -171,7 +172,7 @@ class JobStatus:
             return False
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         status = "interrupted" if interrupted else "failed"
-        if not self.started and read_status(self.run_dir).get("status"):
+        if not self.started and isinstance(err, ValueError) and read_status(self.run_dir).get("status"):
             log.error(
                 "%s before the job started; %s/%s still records the run this folder holds (%s)",
                 type(err).__name__,
@@ -244,7 +245,15 @@ class RunLock:
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a second's grace: is_locked (a sweep's summary) holds a shared lock for an instant
+            for attempt in range(20):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.05)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -276,12 +285,10 @@ class OneFolderPerJob(Callback):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
-        swept = [
-            o.key_or_group
-            for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-            if o.is_sweep_override()
-        ]
-        swept += [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+        params = config.hydra.sweeper.get("params") or {}
+        overrides = [*config.hydra.overrides.task, *(f"{k}={v}" for k, v in params.items())]
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
         if clash := sorted({k.lstrip("+~") for k in swept} & excluded):
             # SystemExit: Hydra turns a callback's Exception into a warning and goes on with the sweep
             raise SystemExit(

@@ -207,3 +207,19 @@ def test_a_new_attempt_clears_the_results_of_the_one_before(tmp_path):
         raise RuntimeError("out of memory")
     status = read_status(tmp_path)
     assert status["status"] == "failed" and status["metrics"] == {} and status["max_epochs"] == 2
+
+
+def test_only_a_refused_config_leaves_a_runs_record_as_it_was(tmp_path):
+    """Before the job starts, a ValueError (a bad value) keeps the record of the run the folder holds; any other
+    failure there (a corrupt checkpoint, missing data) is recorded, so that the summary does not call the run
+    killed and resumable when its command fails."""
+    from infocatvae.runs import JobStatus, read_status
+
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "metrics": {}}))
+    with pytest.raises(ValueError), JobStatus(tmp_path):
+        raise ValueError("model.K must be an integer >= 1, got 0")
+    assert read_status(tmp_path)["status"] == "running"
+    with pytest.raises(RuntimeError), JobStatus(tmp_path):
+        raise RuntimeError("data files missing")
+    status = read_status(tmp_path)
+    assert status["status"] == "failed" and "data files missing" in status["error"]

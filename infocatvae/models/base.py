@@ -43,20 +43,22 @@ class Encoding(NamedTuple):
     logvar: torch.Tensor | None  # (B, K, d), or None for a deterministic code (the AAE)
 
 
-def init_fields(cls: type) -> tuple[set[str], set[str]]:
-    """The hyperparameters a model class takes: (every keyword argument, those without a default), through the
-    ``__init__`` chain that passes ``**kwargs`` on (InfoCatVAE's to CatVAE's)."""
-    fields, required = set(), set()
+def init_fields(cls: type) -> set[str] | None:
+    """The hyperparameters a model class takes: the keyword arguments of its ``__init__`` and of the model
+    classes' ``__init__`` it passes ``**kwargs`` on to (InfoCatVAE's to CatVAE's). None when they cannot be read
+    from the signatures: ``**kwargs`` that reach a class other than this framework's models (a user's own class
+    taking ``**hparams``)."""
+    fields: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in klass.__dict__:
             continue
+        if not issubclass(klass, BaseModel) or klass is BaseModel:
+            return None  # the **kwargs chain left the model classes
         params = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]  # not self
-        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        fields |= {p.name for p in named}
-        required |= {p.name for p in named if p.default is p.empty}
+        fields |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return fields, required
+            return fields
+    return None
 
 
 class BaseModel(L.LightningModule):
