@@ -9,6 +9,7 @@ GPU trainer, the whole dataset is moved to the GPU once in ``setup``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -90,12 +91,20 @@ def ensure_dataset(data_dir: str | Path, dataset: str, download: bool = True) ->
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}: the known ones are {list(DATASETS)}")
     problems = check_raw_files(data_dir, dataset)
-    if problems and download and all(p.endswith("is missing") for p in problems):
-        folder = Path(data_dir)
+    folder = Path(data_dir)
+    missing = all(p.endswith("is missing") for p in problems)
+    # (a corrupt file in a folder this job cannot write is reported as it is, below)
+    if problems and download and (missing or os.access(folder, os.W_OK)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _torchvision_class(dataset)(str(folder), train=True, download=True)
-            _torchvision_class(dataset)(str(folder), train=False, download=True)
+            # one download at a time: the jobs of a local sweep start together on a fresh machine, and a job
+            # that checked while another was writing saw truncated files; the waiting job checks again
+            with open(folder / f".{dataset}.download.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                problems = check_raw_files(data_dir, dataset)
+                if problems and all(p.endswith("is missing") for p in problems):
+                    _torchvision_class(dataset)(str(folder), train=True, download=True)
+                    _torchvision_class(dataset)(str(folder), train=False, download=True)
         except PermissionError as err:
             raise DataError(
                 f"cannot write to the data folder {folder} to download {dataset} ({err}); "

@@ -110,6 +110,50 @@ def test_missing_files_without_network_name_folder_and_files(tmp_path, monkeypat
     assert "t10k-labels-idx1-ubyte" in msg and "could not be downloaded" in msg
 
 
+def test_jobs_starting_together_download_once_and_never_read_a_half_written_file(tmp_path, data_dir, monkeypatch):
+    """Two jobs of a local sweep on a fresh machine: the second waits for the first's download, then finds the
+    files whole (it had seen them truncated mid-write and stopped, or downloaded them again)."""
+    import shutil
+    import threading
+    import time
+
+    from infocatvae import data
+
+    raw = tmp_path / "MNIST" / "raw"
+    downloads = []
+
+    class SlowMNIST:  # torchvision's MNIST(download=True), writing the real files in halves
+        def __init__(self, root, train, download):
+            downloads.append(train)
+            raw.mkdir(parents=True, exist_ok=True)
+            for name, _ in data.RAW_FILES:
+                if name.startswith("train" if train else "t10k"):
+                    src = (Path(data_dir) / "MNIST" / "raw" / name).read_bytes()
+                    with open(raw / name, "wb") as f:
+                        f.write(src[: len(src) // 2])
+                        f.flush()
+                        time.sleep(0.2)
+                        f.write(src[len(src) // 2 :])
+
+    monkeypatch.setattr(data, "_torchvision_class", lambda dataset: SlowMNIST)
+    errors = []
+
+    def job():
+        try:
+            ensure_dataset(tmp_path, "mnist")
+        except Exception as err:
+            errors.append(err)
+
+    first = threading.Thread(target=job)
+    first.start()
+    time.sleep(0.1)  # the second starts while the first writes
+    job()
+    first.join()
+    assert not errors and downloads == [True, False]
+    assert not data.check_raw_files(tmp_path, "mnist")
+    shutil.rmtree(raw)
+
+
 def test_truncated_file_is_named(tmp_path, data_dir):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
