@@ -75,27 +75,23 @@ def parse_args():
     return p.parse_args()
 
 
-def row_folder(row: str, args) -> str:
-    """``<row>_e<epochs>[_b<batches>]``: runs of other lengths are other runs. The trainer (cpu, gpu) is how a
-    run trains, not what: a completed run is reused whichever ``--trainer`` asks (the results file records the
-    command), as the recorded results' own command (``--trainer cpu``) finds its runs."""
-    return common.run_name(row, args)
-
-
 def train(row: str, seed: int, args) -> tuple[Path, dict, float | None]:
     """Train (or reuse) one seed of a row with test=true; returns its folder, final metrics and wall seconds."""
-    run_dir = Path(args.log_dir) / "experiments" / "clustering" / row_folder(row, args) / f"seed{seed}"
+    # named by length, not by trainer (cpu, gpu: how a run trains, not what): a completed run is reused whichever
+    # --trainer asks, so the recorded results' own command (--trainer cpu) finds its runs
+    run_dir = Path(args.log_dir) / "experiments" / "clustering" / common.run_name(row, args) / f"seed{seed}"
     timing = run_dir / "clustering_wall_s.json"
     overrides = [*ROWS[row][1], f"seed={seed}", "test=true", *([f"trainer={args.trainer}"] if args.trainer else [])]
     cmd = common.train_command(run_dir, overrides, args)
     status = read_status(run_dir)
     # a completed run without test scores (trained without test=true) is run again: the framework then scores
     # the test set without training
-    if status.get("status") != "completed" or "test/cluster_acc" not in status.get("metrics", {}):
+    trained = status.get("status") == "completed"
+    if not trained or "test/cluster_acc" not in status.get("metrics", {}):
         print("$", " ".join(cmd), flush=True)
         start = time.perf_counter()
         subprocess.run(cmd, cwd=common.ROOT, check=True)
-        if status.get("status") != "completed":  # (not when it only scored the test set)
+        if not trained:  # (not when it only scored the test set)
             timing.write_text(json.dumps(time.perf_counter() - start))
     seconds = json.loads(timing.read_text()) if timing.is_file() else None
     return run_dir, read_status(run_dir)["metrics"], seconds
@@ -177,7 +173,7 @@ def main() -> None:
         f"- hardware: {common.hardware()}",
         f"- training time of the runs (each trained once, one after another): {sum(all_walls) / 60:.0f} min in all; "
         f"this command: {seconds / 60:.1f} min (it reuses the runs it finds completed and up-to-date evaluations)",
-        f"- runs: `{row_folder('<row>', args)}/seed<S>` under `{args.log_dir}/experiments/clustering/`",
+        f"- runs: `{common.run_name('<row>', args)}/seed<S>` under `{args.log_dir}/experiments/clustering/`",
         f"- command: `python {' '.join(sys.argv)}`",
     ]
     common.write(common.result_name("clustering", args), lines)

@@ -90,11 +90,14 @@ def ensure_dataset(data_dir: str | Path, dataset: str, download: bool = True) ->
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}: the known ones are {list(DATASETS)}")
+
+    def only_missing(problems: list[str]) -> bool:  # nothing truncated or corrupt: a download may fetch them
+        return all(p.endswith("is missing") for p in problems)
+
     problems = check_raw_files(data_dir, dataset)
     folder = Path(data_dir)
-    missing = all(p.endswith("is missing") for p in problems)
     # (a corrupt file in a folder this job cannot write is reported as it is, below)
-    if problems and download and (missing or os.access(folder, os.W_OK)):
+    if problems and download and (only_missing(problems) or os.access(folder, os.W_OK)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # one download at a time: the jobs of a local sweep start together on a fresh machine, and a job
@@ -102,7 +105,7 @@ def ensure_dataset(data_dir: str | Path, dataset: str, download: bool = True) ->
             with open(folder / f".{dataset}.download.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 problems = check_raw_files(data_dir, dataset)
-                if problems and all(p.endswith("is missing") for p in problems):
+                if problems and only_missing(problems):
                     _torchvision_class(dataset)(str(folder), train=True, download=True)
                     _torchvision_class(dataset)(str(folder), train=False, download=True)
         except PermissionError as err:

@@ -172,13 +172,14 @@ class JobStatus:
             return False
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         status = "interrupted" if interrupted else "failed"
-        if not self.started and isinstance(err, ValueError) and read_status(self.run_dir).get("status"):
+        held = read_status(self.run_dir).get("status") if not self.started and isinstance(err, ValueError) else None
+        if held:
             log.error(
                 "%s before the job started; %s/%s still records the run this folder holds (%s)",
                 type(err).__name__,
                 self.run_dir,
                 STATUS_FILE,
-                read_status(self.run_dir)["status"],
+                held,
             )
             return False
         write_status(self.run_dir, status=status, error=f"{type(err).__name__}: {err}", **progress)

@@ -36,8 +36,9 @@ from infocatvae.nets import GRUDecoder
 from infocatvae.priors import MixturePrior
 
 _ABSENT = object()
-# Lightning's names and its aliases (trainer.precision=32 arrives as an int); not 64-true, bf16-true or 16-true:
-# the networks' CPU dropout returns float32 (nets.Dropout), and the first product failed on mixed dtypes
+# Lightning's names and its aliases (trainer.precision=32 arrives as an int); 16-mixed is CUDA's float16 (Lightning
+# runs bf16-mixed in its place on a CPU). Not 64-true, bf16-true or 16-true: they cast the weights, not the inputs
+# (no autocast; the networks' CPU dropout returns float32), and the first matrix product failed on mixed dtypes
 PRECISIONS = ("32-true", "32", 32, "bf16-mixed", "bf16", "16-mixed", "16", 16, None)
 # the optimizer entries of the models: a _partial_ target applied to the parameters (BaseModel.make_optimizer)
 OPTIMIZERS = ("model.optimizer", "model.gen_optimizer", "model.disc_optimizer")
@@ -168,8 +169,6 @@ RULES: dict[str, Rule] = {
     # conf/trainer/*.yaml: Lightning checks most of its own arguments when the Trainer is built, not this one's
     # type (max_epochs=abc trained until the first epoch's end); -1: no limit, null: Lightning's default
     "trainer.max_epochs": integer(-1, nullable=True),
-    # bf16-true/16-true cast the weights but not the inputs (no autocast): the first matrix product failed on
-    # mixed dtypes; 16-mixed is CUDA's float16 (Lightning runs bf16-mixed in its place on a CPU)
     "trainer.precision": one_of(PRECISIONS),
     # limit_val_batches=abc failed inside Lightning with "'<=' not supported between 'int' and 'str'"
     "trainer.limit_train_batches": batches(0),

@@ -149,6 +149,7 @@ def test_a_field_the_model_does_not_take_is_refused_by_name(overrides, message):
 def test_model_fields_follow_the_init_chain():
     """InfoCatVAE's fields are its own and CatVAE's (its ``**kwargs``); every shipped model config gives only
     fields its class takes; a user's class taking ``**hparams`` is not checked (its signature does not tell)."""
+    import hydra.utils
     import lightning
 
     from infocatvae.models import AAE, CatVAE, InfoCatVAE
@@ -160,7 +161,7 @@ def test_model_fields_follow_the_init_chain():
     for model in MODELS:
         cfg = composed("train", [f"model={model}"])
         given = {k for k in cfg.model if not k.startswith("_")}
-        assert given == init_fields(hydra_class(cfg.model._target_)), model  # the classes take no defaults
+        assert given == init_fields(hydra.utils.get_class(cfg.model._target_)), model  # the classes take no defaults
 
     class Mine(lightning.LightningModule):
         def __init__(self, **hparams):
@@ -171,12 +172,6 @@ def test_model_fields_follow_the_init_chain():
             super().__init__(K=10, **kwargs)
 
     assert init_fields(Mine) is None and init_fields(Derived) == catvae
-
-
-def hydra_class(target: str):
-    import hydra.utils
-
-    return hydra.utils.get_class(target)
 
 
 @pytest.mark.parametrize(
