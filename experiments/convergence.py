@@ -75,7 +75,7 @@ def main() -> None:
             f"- `{run}`: {state} of "
             f"{status.get('max_epochs')}; {common.fmt(per_epoch, 1)} s per epoch (median), "
             f"{common.fmt(span / 3600 if span else None, 2)} h from the first to the last epoch "
-            f"(pauses included); overrides: `{overrides}`"
+            f"(pauses included); seed {common.train_seeds(args, [run])}; overrides: `{overrides}`"
         )
     if not table:
         sys.exit(
