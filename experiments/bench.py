@@ -583,7 +583,7 @@ def bench_sweep(data_dir: str, jobs: int, steps: int, rounds: int) -> None:
     """The same ``jobs`` tiny jobs (``debug=tiny``, ``steps`` batches of 128, seeds 0..jobs-1) as a sweep through
     ``hydra/launcher=local`` and through Hydra's basic launcher (one after another in one process), each a fresh
     sweep folder, ``rounds`` times alternated; wall times of the whole command."""
-    from hydra_plugins.infocatvae_launcher.local_launcher import available_cores, job_limit
+    from hydra_plugins.infocatvae_launcher.launchers import available_cores, job_limit
 
     overrides = [
         "-m",

@@ -35,13 +35,13 @@ from infocatvae.checkpoints import (
     starting_point,
 )
 from infocatvae.config import CONFIG_DIR, instantiate_all
-from infocatvae.launcher import register_local_launcher
+from infocatvae.launcher import register_launchers
 from infocatvae.loggers import resume_curves_at
 from infocatvae.runs import JobStatus, RunLock, check_output_dir, is_own, last_ckpt, read_status
 
 log = logging.getLogger(__name__)
-# hydra/launcher=local, also from an editable install (infocatvae/launcher.py)
-register_local_launcher()
+# hydra/launcher=local and slurm, also from an editable install (infocatvae/launcher.py)
+register_launchers()
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:

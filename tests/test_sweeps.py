@@ -134,8 +134,8 @@ def test_local_launcher_job_limit_and_rolling_window(monkeypatch):
     polls, not of seconds, and its sleeps are recorded, not slept: the order of events is the same on any machine."""
     import types
 
-    from hydra_plugins.infocatvae_launcher import local_launcher
-    from hydra_plugins.infocatvae_launcher.local_launcher import job_limit, run_throttled
+    from hydra_plugins.infocatvae_launcher import launchers
+    from hydra_plugins.infocatvae_launcher.launchers import job_limit, run_throttled
 
     assert job_limit(None, 1, cores=2) == 2
     assert job_limit(None, 3, cores=8) == 2
@@ -147,7 +147,7 @@ def test_local_launcher_job_limit_and_rolling_window(monkeypatch):
             job_limit(bad, 1, cores=2)
 
     events: list[tuple] = []  # ("start", i), ("end", i): the poll at which job i was first seen done, ("sleep",)
-    monkeypatch.setattr(local_launcher, "time", types.SimpleNamespace(sleep=lambda s: events.append(("sleep",))))
+    monkeypatch.setattr(launchers, "time", types.SimpleNamespace(sleep=lambda s: events.append(("sleep",))))
 
     class Job:
         def __init__(self, i: int, polls: int) -> None:
@@ -224,7 +224,7 @@ def test_a_killed_job_is_a_failed_job_not_the_end_of_the_sweep(tmp_path):
     import submitit
     from hydra.core.utils import JobStatus
 
-    from hydra_plugins.infocatvae_launcher.local_launcher import job_result
+    from hydra_plugins.infocatvae_launcher.launchers import job_result
 
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="local")
     executor.update_parameters(timeout_min=1)

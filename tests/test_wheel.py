@@ -31,7 +31,7 @@ def test_wheel_ships_the_configs_and_trains_from_another_folder(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "infocatvae/conf/train.yaml" in names and "infocatvae/conf/model/infocatvae.yaml" in names
     assert not any(n.startswith("infocatvae/conf/local/") for n in names)
-    assert "hydra_plugins/infocatvae_launcher/local_launcher.py" in names  # hydra/launcher=local
+    assert "hydra_plugins/infocatvae_launcher/launchers.py" in names  # hydra/launcher=local
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -121,7 +121,7 @@ def job_args(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_
 
 @dataclass
 class ThrottledLocalQueueConf(LocalQueueConf):
-    _target_: str = "hydra_plugins.infocatvae_launcher.local_launcher.ThrottledLocalLauncher"
+    _target_: str = "hydra_plugins.infocatvae_launcher.launchers.ThrottledLocalLauncher"
     # jobs running at once; null: cores // cpus_per_task
     max_jobs: Optional[int] = None  # noqa: UP045
 
@@ -152,7 +152,7 @@ class ThrottledLocalLauncher(submitit_launcher.LocalLauncher):
 
 @dataclass
 class ReportingSlurmQueueConf(SlurmQueueConf):
-    _target_: str = "hydra_plugins.infocatvae_launcher.local_launcher.ReportingSlurmLauncher"
+    _target_: str = "hydra_plugins.infocatvae_launcher.launchers.ReportingSlurmLauncher"
 
 
 ConfigStore.instance().store(
