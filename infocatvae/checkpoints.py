@@ -250,8 +250,9 @@ def check_starting_point(ckpt_path: str | None, run_dir: Path, status: Mapping[s
         )
 
 
-def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> str | None:
-    """The checkpoint to resume from, checked against the configured model before anything is written.
+def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule) -> tuple[str | None, int]:
+    """The checkpoint to resume from, checked against the configured model before anything is written, and the
+    training batches it holds (``batches_trained``; 0 for a fresh start), read in the same pass.
 
     - no ``ckpt_path``: this run's own ``last.ckpt`` when it has one, else none (a fresh start);
     - ``ckpt_path`` in this run's ``checkpoints/``: that file;
@@ -269,7 +270,7 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule)
         explicit = None
     path = Path(explicit) if explicit else own_last
     if not explicit and not path.exists():
-        return None
+        return None, 0
     ckpt = read_checkpoint(path)  # CheckpointError names the file
     if hydra.utils.get_class(ckpt[MODEL_KEY]) is not type(model):
         raise CheckpointError(
@@ -278,4 +279,4 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path, model: L.LightningModule)
         )
     check_compatible(ckpt, model, path)
     log.info("Resuming from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
-    return str(path)
+    return str(path), batches_trained(ckpt)

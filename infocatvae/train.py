@@ -27,10 +27,8 @@ from infocatvae.callbacks import EpochSeed, MonitoredMetrics
 from infocatvae.checkpoints import (
     STARTED_FROM,
     AtomicCheckpointIO,
-    batches_trained,
     check_starting_point,
     order_checkpoint_callbacks,
-    read_checkpoint,
     resolve_checkpoint,
     starting_point,
 )
@@ -219,10 +217,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         model = hydra.utils.instantiate(cfg.model)
         validation.check_built(cfg, model)
         has_own_last = last_ckpt(run_dir).exists()
-        ckpt_path = resolve_checkpoint(cfg, run_dir, model)
-        logger_cfg = cfg.get("logger")
-        if ckpt_path:  # the curves go on from the checkpoint: what a killed job logged after it is dropped
-            logger_cfg = resume_curves_at(logger_cfg, batches_trained(read_checkpoint(ckpt_path)))
+        ckpt_path, batches = resolve_checkpoint(cfg, run_dir, model)
+        # the curves go on from the checkpoint: what a killed job logged after it is dropped
+        logger_cfg = resume_curves_at(cfg.get("logger"), batches)
         callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(logger_cfg)
         # Each epoch's randomness depends only on (seed, epoch): resumed runs match uninterrupted ones.
         callbacks.append(EpochSeed(cfg.seed))
