@@ -18,7 +18,7 @@ install: $(STAMP)
 train: $(STAMP)  ## the default job: InfoCatVAE on MNIST (extra Hydra overrides: make train ARGS="model.lam=4")
 	$(BIN)/python -m infocatvae.train $(ARGS)
 
-test: $(STAMP)  ## the suite but the end-to-end runs marked slow (5 to 10.5 min on 2 cores: README)
+test: $(STAMP)  ## the suite but the end-to-end runs marked slow (5 to 11.5 min on 2 cores: README)
 	$(BIN)/python -m pytest -ra -m "not slow" $(ARGS)
 
 test-slow: $(STAMP)  ## the end-to-end runs marked slow (SLURM's included); .ci/run runs both
